@@ -1,0 +1,126 @@
+"""claire.train vs a plain trl script on the same model, data and hyperparameters, side by side.
+
+Each run is its own process (so peak memory is its own); the two alternate, and medians are quoted.
+Prints non-padding tokens per second, peak RSS, eval loss after training, and Claire's speed-up.
+    python benchmarks/bench_train.py [--steps 4] [--repeats 2] [--threads 2]
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HYPER = {"learning_rate": 3e-4, "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "weight_decay": 1e-4}
+
+
+def claire_run(steps: int, threads: int, out: Path) -> dict:
+    """claire.train with its CPU preset (bf16 weights + autocast, no checkpointing, length-grouped batches)."""
+    from hydra import compose, initialize_config_dir
+
+    from claire.train import run
+
+    overrides = [f"trainer.max_steps={steps}", "trainer.save_strategy=no", "trainer.eval_strategy=no"]
+    overrides += [f"threads={threads}", f"output_dir={out}", "trainer.disable_tqdm=true"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    run(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"tokens": metrics["tokens_seen"], "seconds": metrics["train_runtime_s"], "eval_loss": metrics["eval_loss"]}
+
+
+def trl_run(steps: int, threads: int, out: Path) -> dict:
+    """What a hand-written trl script does: model by path (fp32), trl's defaults, same data and hyperparameters."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from claire import models, sft
+
+    torch.set_num_threads(threads)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train")
+    tokenizer = models.load_tokenizer(cfg.model)
+    train, evaluation, _ = sft.prepare_data(cfg, tokenizer)
+    args = SFTConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        gradient_accumulation_steps=4,
+        max_steps=steps,
+        max_length=1024,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=42,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        **HYPER,
+    )
+    lora = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(
+        model=models.model_path(cfg.model), args=args, train_dataset=train, eval_dataset=evaluation, peft_config=lora
+    )
+    result = trainer.train()
+    eval_loss = trainer.evaluate()["eval_loss"]
+    return {"tokens": trainer.state.num_input_tokens_seen, "seconds": result.metrics["train_runtime"], "eval_loss": eval_loss}
+
+
+def one(kind: str, steps: int, threads: int) -> None:
+    """Child process: run one trainer and print its figures as JSON on the last line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = (claire_run if kind == "claire" else trl_run)(steps, threads, Path(tmp) / "run")
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["tokens_per_s"] = figures["tokens"] / figures["seconds"]
+    print(json.dumps(figures))
+
+
+def spawn(kind: str, steps: int, threads: int) -> dict:
+    """Run one child and parse its figures."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, __file__, "--one", kind, "--steps", str(steps), "--threads", str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode:
+        sys.exit(f"{kind} run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """Alternate claire and trl runs, then print medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (16 rows each)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer, alternating")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--one", choices=["claire", "trl"], help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.one:
+        return one(opts.one, opts.steps, opts.threads)
+    results: dict[str, list[dict]] = {"claire": [], "trl": []}
+    started = time.time()
+    for i in range(opts.repeats):
+        for kind in ("claire", "trl") if i % 2 == 0 else ("trl", "claire"):
+            results[kind].append(spawn(kind, opts.steps, opts.threads))
+            print(f"  {kind:6s} run {i + 1}: {results[kind][-1]['tokens_per_s']:.0f} tok/s", flush=True)
+    med = {k: {f: statistics.median(r[f] for r in runs) for f in runs[0]} for k, runs in results.items()}
+    print(f"\nSmolLM2-135M, LoRA r64 all-linear, batch 4 x accum 4, {opts.steps} steps, {opts.threads} threads, "
+          f"medians of {opts.repeats} alternating runs ({time.time() - started:.0f} s)")
+    print(f"{'':8s}{'non-pad tok/s':>15s}{'peak RSS MB':>13s}{'eval loss':>11s}")
+    for kind in ("claire", "trl"):
+        m = med[kind]
+        print(f"{kind:8s}{m['tokens_per_s']:15.1f}{m['peak_rss_mb']:13.0f}{m['eval_loss']:11.4f}")
+    speed = med["claire"]["tokens_per_s"] / med["trl"]["tokens_per_s"]
+    memory = med["claire"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"]
+    print(f"ratio   speed {speed:.2f}x   memory {memory:.2f}x   eval-loss diff "
+          f"{med['claire']['eval_loss'] - med['trl']['eval_loss']:+.4f}")
+
+
+if __name__ == "__main__":
+    main()

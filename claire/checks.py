@@ -1,0 +1,217 @@
+"""Config checks that run in about a second, before any model or data loads.
+
+The libraries' own classes (trl.SFTConfig, peft.LoraConfig, transformers.BitsAndBytesConfig) are the schema:
+their fields, types and choices are read from the classes once per library version and cached as JSON,
+because importing them takes ~6 s on a small CPU; the real objects are then built from the same values.
+"""
+
+import dataclasses
+import enum
+import importlib
+import importlib.metadata
+import inspect
+import json
+import types
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from claire import ClaireError, cache_root
+
+DTYPES = ("bfloat16", "float16", "float32")
+MARKERS = ("native", "special")
+CLASSES = {
+    "SFTConfig": ("trl", "trl"),
+    "LoraConfig": ("peft", "peft"),
+    "BitsAndBytesConfig": ("transformers", "transformers"),
+}
+
+
+def schema(name: str) -> dict[str, dict]:
+    """{field: {"kinds": [...], "choices": [...]}} of a library class, cached per library version."""
+    module, package = CLASSES[name]
+    path = cache_root() / "schemas" / f"{name}-{importlib.metadata.version(package)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    cls = getattr(importlib.import_module(module), name)
+    fields = _fields(cls)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fields, indent=1, sort_keys=True))
+    return fields
+
+
+def _fields(cls: type) -> dict[str, dict]:
+    """Field kinds and choices from a class's __init__ parameters, dataclass fields and annotations."""
+    params = inspect.signature(cls.__init__).parameters
+    hints = {**_hints(cls.__init__), **_hints(cls)}
+    meta = {k: None for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+    if dataclasses.is_dataclass(cls):
+        meta |= {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls) if f.init}
+    fields = {}
+    for name, choices in meta.items():
+        kinds, enum_choices = _kinds(hints.get(name, Any))
+        choices = choices or enum_choices
+        fields[name] = {"kinds": sorted(kinds), "choices": [str(c) for c in choices] if choices else None}
+    return fields
+
+
+def _hints(obj: Any) -> dict[str, Any]:
+    """Resolved annotations, or none where a forward reference cannot be resolved (those fields accept any)."""
+    try:
+        return typing.get_type_hints(obj)
+    except (NameError, TypeError):
+        return {}
+
+
+def _kinds(hint: Any) -> tuple[set[str], list | None]:
+    """Flatten an annotation into kind names ("int", "str", "none", "any", ...) and enum/Literal choices."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds, choices = set(), None
+        for arg in typing.get_args(hint):
+            arg_kinds, arg_choices = _kinds(arg)
+            kinds |= arg_kinds
+            choices = choices or arg_choices
+        return kinds, choices
+    if typing.get_origin(hint) is typing.Literal:
+        return {"any"}, list(typing.get_args(hint))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return {"str"}, [e.value for e in hint]
+    origin = typing.get_origin(hint) or hint
+    names = {int: "int", float: "float", bool: "bool", str: "str", list: "list", tuple: "list", set: "list"}
+    names |= {dict: "dict", type(None): "none"}
+    return {names.get(origin, "any")}, None
+
+
+def _fits(value: Any, kinds: list[str]) -> bool:
+    """Whether a config value has one of the kinds a field accepts."""
+    checks = {
+        "any": lambda v: True,
+        "none": lambda v: v is None,
+        "bool": lambda v: isinstance(v, bool),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+        "list": lambda v: isinstance(v, list | tuple),
+        "dict": lambda v: isinstance(v, dict),
+    }
+    return any(checks[kind](value) for kind in kinds)
+
+
+def check_keys(name: str, group: str, values: dict[str, Any]) -> None:
+    """Each key must be a field of the library class, of the field's type, and one of its choices."""
+    fields = schema(name)
+    for key, value in values.items():
+        if key not in fields:
+            close = [f for f in fields if key.split("_")[0] in f][:8] or sorted(fields)[:8]
+            raise ClaireError(f"{group}.{key} is not a {name} option; close ones: {close}")
+        kinds, choices = fields[key]["kinds"], fields[key]["choices"]
+        if not _fits(value, kinds):
+            raise ClaireError(f"{group}.{key}={value!r} has the wrong type; {name} expects {' or '.join(kinds)}")
+        if choices and value is not None and value not in choices:
+            raise ClaireError(f"{group}.{key}={value!r} is not allowed; choose one of {choices}")
+
+
+def build(name: str, group: str, values: dict[str, Any]) -> Any:
+    """The library object from checked values; its own validation errors become one line."""
+    module, _ = CLASSES[name]
+    cls = getattr(importlib.import_module(module), name)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError, ImportError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ClaireError(f"{group}: {reason}") from error
+
+
+def positive(group: str, key: str, value: Any) -> None:
+    """Raise unless value is a number above zero."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ClaireError(f"{group}.{key}={value!r} must be a number above 0")
+
+
+def one_of(key: str, value: Any, allowed: tuple) -> None:
+    """Raise unless value is one of allowed."""
+    if value not in allowed:
+        raise ClaireError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def check_model(cfg: DictConfig) -> None:
+    """Model keys that no library checks before loading weights."""
+    one_of("model.dtype", cfg.model.dtype, DTYPES)
+    one_of("model.markers", cfg.model.markers, MARKERS)
+
+
+def trainer_values(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
+    """SFTConfig keyword arguments from the trainer, schedule and tracking groups, checked."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    for key in set(trainer) & set(schedule):
+        raise ClaireError(f"trainer.{key} and schedule.{key} both set; keep it in schedule")
+    check_keys("SFTConfig", "trainer", trainer)
+    check_keys("SFTConfig", "schedule", schedule)
+    positive("schedule", "learning_rate", schedule.get("learning_rate"))
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+        positive("trainer", key, trainer.get(key))
+    if trainer["max_length"] < 32:
+        raise ClaireError(f"trainer.max_length={trainer['max_length']} is too short for any prompt; use >= 256")
+    if trainer.get("max_steps", -1) <= 0:
+        positive("trainer", "num_train_epochs", trainer.get("num_train_epochs"))
+    if schedule.get("warmup_steps", 0) < 0:
+        raise ClaireError(f"schedule.warmup_steps={schedule['warmup_steps']} must be >= 0 (a float < 1 is a share)")
+    run = {"output_dir": output_dir, "seed": cfg.seed, "data_seed": cfg.seed, "run_name": cfg.run_name}
+    run |= {"report_to": cfg.tracking.report_to, "completion_only_loss": True}
+    return {**trainer, **schedule, **run}
+
+
+def lora_values(cfg: DictConfig) -> dict[str, Any] | None:
+    """LoraConfig keyword arguments from the lora group (None for full fine-tuning), checked."""
+    if cfg.lora is None:
+        return None
+    values = OmegaConf.to_container(cfg.lora, resolve=True)
+    check_keys("LoraConfig", "lora", values)
+    positive("lora", "r", values.get("r"))
+    positive("lora", "lora_alpha", values.get("lora_alpha"))
+    if not 0 <= values.get("lora_dropout", 0) < 1:
+        raise ClaireError(f"lora.lora_dropout={values['lora_dropout']} must be in [0, 1)")
+    return values
+
+
+def quant_values(cfg: DictConfig) -> dict[str, Any] | None:
+    """BitsAndBytesConfig keyword arguments from the quant group (None without quantization), checked."""
+    if cfg.quant is None:
+        return None
+    values = OmegaConf.to_container(cfg.quant, resolve=True)
+    check_keys("BitsAndBytesConfig", "quant", values)
+    return values
+
+
+def check_run(cfg: DictConfig) -> None:
+    """Top-level keys: objective, direction, data share, hub push."""
+    one_of("direction", cfg.direction, ("minimize", "maximize"))
+    if not 0 <= cfg.data.max_drop_fraction <= 1:
+        raise ClaireError(f"data.max_drop_fraction={cfg.data.max_drop_fraction} must be in [0, 1]")
+    if cfg.push_to_hub and not cfg.hub_repo_id:
+        raise ClaireError("push_to_hub=true needs hub_repo_id=<user>/<repo> (and HF_TOKEN in the environment)")
+
+
+def check(cfg: DictConfig, output_dir: str) -> dict[str, dict | None]:
+    """All fast checks; returns the checked keyword arguments of SFTConfig, LoraConfig, BitsAndBytesConfig."""
+    check_run(cfg)
+    check_model(cfg)
+    return {
+        "SFTConfig": trainer_values(cfg, output_dir),
+        "LoraConfig": lora_values(cfg),
+        "BitsAndBytesConfig": quant_values(cfg),
+    }
+
+
+def build_all(checked: dict[str, dict | None]) -> tuple[Any, Any, Any]:
+    """The library objects (imports trl, peft, transformers); quantization refused without a CUDA GPU."""
+    if checked["BitsAndBytesConfig"] is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ClaireError("quant=4bit/8bit needs a CUDA GPU with bitsandbytes; use quant=none on this machine")
+    groups = {"SFTConfig": "trainer", "LoraConfig": "lora", "BitsAndBytesConfig": "quant"}
+    built = {n: build(n, groups[n], v) if v is not None else None for n, v in checked.items()}
+    return built["SFTConfig"], built["LoraConfig"], built["BitsAndBytesConfig"]

@@ -1,0 +1,188 @@
+"""The SFT run itself: data, model, trl SFTTrainer, and the files of the run folder."""
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from trl import SFTTrainer
+
+from claire import ClaireError, checks, data, models, runs
+
+log = logging.getLogger("claire.train")
+
+
+def train(cfg: DictConfig, checked: dict) -> float:
+    """Train as configured, evaluate, save the run folder; return the sweep objective."""
+    started = time.time()
+    out = Path(cfg.output_dir)
+    trainer, checkpoint, tracker_id = build_trainer(cfg, checked)
+    args = trainer.args
+    log.info("Global batch %d", args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = finish(trainer, cfg, out, time.time() - started, tracker_id)
+    if cfg.objective not in metrics:
+        raise ClaireError(f"objective={cfg.objective} is not in metrics.json; it has {sorted(metrics)}")
+    print(f"claire.train: done; run folder {out} ({cfg.objective}={metrics[cfg.objective]:.4f})")
+    return float(metrics[cfg.objective])
+
+
+def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | None, str | None]:
+    """Run folder, data, tokenizer, model and SFTTrainer; returns it with the checkpoint to resume from."""
+    out = Path(cfg.output_dir)
+    args, lora, quant = checks.build_all(checked)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = runs.check_run_dir(out, cfg)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    tokenizer = models.load_tokenizer(cfg.model)
+    train_set, eval_set, data_report = prepare_data(cfg, tokenizer)
+    if checkpoint is None:
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(runs.resolved(cfg))))
+    runs.write_json(out / "data_report.json", data_report)
+    fingerprint = data.fingerprint(train_set, eval_set)
+    runs.write_json(out / "manifest.json", runs.manifest(cfg, fingerprint, data_report["kept"]))
+    tracker_id = start_tracking(cfg, out)
+    model = models.load_model(cfg.model, quant, tokenizer)
+    if lora is not None and cfg.model.markers == "special":
+        lora.trainable_token_indices = models.added_token_ids(tokenizer)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    preview(trainer, tokenizer, cfg, out / "examples.txt")
+    return trainer, checkpoint, tracker_id
+
+
+def prepare_data(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any, dict]:
+    """Raw traces -> prompt/completion splits, malformed and over-long rows dropped and counted."""
+    raw = data.load_raw(cfg.data)
+    max_length = cfg.trainer.max_length
+    prepared, report = {}, {"dropped": {}, "kept": {}, "raw": {}}
+    for split, rows in raw.items():
+        kept, dropped = data.prepare_split(rows, cfg.data, cfg.model.markers)
+        kept, longest_prompt = data.drop_too_long(kept, tokenizer, max_length, dropped)
+        if longest_prompt > max_length:
+            raise ClaireError(
+                f"trainer.max_length={max_length} is below the longest {split} prompt ({longest_prompt} tokens); "
+                f"use trainer.max_length>={longest_prompt}"
+            )
+        data.check_drops(split, len(rows), dropped, cfg.data.max_drop_fraction)
+        prepared[split] = kept
+        report["raw"][split], report["kept"][split], report["dropped"][split] = len(rows), len(kept), dict(dropped)
+    expected = cfg.data.expected_rows
+    if expected and any(report["raw"].get(k) != v for k, v in expected.items()):
+        log.warning("data.path=%s has %s rows; the report's data had %s", cfg.data.path, report["raw"], dict(expected))
+    return prepared["train"], prepared["eval"], report
+
+
+def start_tracking(cfg: DictConfig, out: Path) -> str | None:
+    """Point the tracker at this run (wandb offline unless WANDB_MODE says otherwise); return its run id."""
+    if cfg.tracking.report_to != "wandb":
+        return None
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ["WANDB_PROJECT"] = cfg.tracking.project
+    os.environ["WANDB_DIR"] = str(out)
+    id_file = out / "wandb_run_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+    id_file.write_text(run_id)
+    os.environ["WANDB_RUN_ID"], os.environ["WANDB_RESUME"] = run_id, "allow"
+    return run_id
+
+
+def preview(trainer: SFTTrainer, tokenizer: Any, cfg: DictConfig, path: Path) -> None:
+    """Render a few training examples with the loss mask; fail if any row's end token carries no loss."""
+    end_id = tokenizer.convert_tokens_to_ids(cfg.model.end_token)
+    dataset = trainer.train_dataset
+    missing = [i for i, row in enumerate(dataset["labels"]) if end_id not in row]
+    if missing:
+        raise ClaireError(
+            f"{len(missing)} training rows have no loss on model.end_token={cfg.model.end_token} (row {missing[0]}); "
+            "the chat template or trainer.max_length cuts it off, so the model would never learn to stop"
+        )
+    blocks = []
+    for i in range(min(cfg.preview_examples, len(dataset))):
+        ids, labels = dataset[i]["input_ids"], dataset[i]["labels"]
+        blocks.append(f"=== example {i}: {len(ids)} tokens, {sum(x != -100 for x in labels)} with loss\n")
+        blocks.append(render_loss_mask(tokenizer, ids, labels) + "\n")
+    path.write_text(
+        "Training examples as the model sees them (chat template applied). Text inside [[ ]] carries loss.\n\n"
+        + "".join(blocks)
+    )
+
+
+def render_loss_mask(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
+    """Decode ids, wrapping each run of loss-carrying tokens in [[ ]]."""
+    pieces, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or (labels[i] == -100) != (labels[start] == -100):
+            text = tokenizer.decode(ids[start:i])
+            pieces.append(text if labels[start] == -100 else f"[[{text}]]")
+            start = i
+    return "".join(pieces)
+
+
+def finish(trainer: SFTTrainer, cfg: DictConfig, out: Path, wall: float, tracker_id: str | None) -> dict:
+    """Evaluate, save adapter (and merged model), write metrics.json; push if asked."""
+    eval_metrics = trainer.evaluate()
+    state = trainer.state
+    train_logs = [h for h in state.log_history if "train_loss" in h]
+    model = trainer.model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    metrics = {
+        **eval_metrics,
+        "train_loss": train_logs[-1]["train_loss"] if train_logs else None,
+        "train_runtime_s": train_logs[-1].get("train_runtime") if train_logs else None,
+        "trainable_params": trainable,
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "tokens_seen": state.num_input_tokens_seen,
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "wall_time_s": wall,
+        "tracker_run_id": tracker_id,
+        "history": state.log_history,
+    }
+    if metrics["train_runtime_s"]:
+        metrics["tokens_per_second"] = state.num_input_tokens_seen / metrics["train_runtime_s"]
+    trainer.save_model(str(out / "adapter"))
+    trainer.processing_class.save_pretrained(str(out / "adapter"))
+    if cfg.merge:
+        metrics["merge_max_logit_diff"] = save_merged(trainer, out / "merged")
+    if cfg.push_to_hub:
+        push(trainer, cfg, out)
+    runs.write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def save_merged(trainer: SFTTrainer, path: Path) -> float:
+    """Merge the adapter into the base weights, save, and return the largest logit change it caused."""
+    model = trainer.model
+    probe = torch.tensor([trainer.train_dataset[0]["input_ids"][:64]], device=model.device)
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=probe).logits.float()
+        merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        after = merged(input_ids=probe).logits.float()
+    merged.save_pretrained(str(path))
+    trainer.processing_class.save_pretrained(str(path))
+    return float((before - after).abs().max())
+
+
+def push(trainer: SFTTrainer, cfg: DictConfig, out: Path) -> None:
+    """Upload the merged model if there is one, else the adapter, with a model card (token from HF_TOKEN)."""
+    from huggingface_hub import HfApi
+
+    folder = out / ("merged" if cfg.merge else "adapter")
+    trainer.create_model_card(model_name=cfg.hub_repo_id, tags=["claire", "causal-reasoning", "trl", "sft"])
+    if (out / "checkpoints" / "README.md").exists():
+        (folder / "README.md").write_text((out / "checkpoints" / "README.md").read_text())
+    api = HfApi(token=os.environ.get("HF_TOKEN"))
+    api.create_repo(cfg.hub_repo_id, exist_ok=True, private=True)
+    api.upload_folder(folder_path=str(folder), repo_id=cfg.hub_repo_id, commit_message=f"claire run {out.name}")

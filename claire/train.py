@@ -1,0 +1,35 @@
+"""claire.train: LoRA (or full) SFT on causality traces; one run, one self-describing folder.
+
+This module imports only Hydra and OmegaConf, so a bad config fails in about a second; the training
+itself lives in claire.sft, imported once the config has passed its checks.
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from claire import ClaireError, checks, runs
+
+runs.register_resolvers()
+
+
+def run(cfg: DictConfig) -> float:
+    """Check the config, train, evaluate, save the run folder; return the sweep objective."""
+    checked = checks.check(cfg, f"{cfg.output_dir}/checkpoints")
+    from claire import sft
+
+    return sft.train(cfg, checked)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Hydra entrypoint: `python -m claire.train group=option key=value ...`."""
+    cfg.output_dir = HydraConfig.get().runtime.output_dir
+    try:
+        return run(cfg)
+    except ClaireError as error:
+        raise SystemExit(f"claire.train: error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
