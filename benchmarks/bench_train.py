@@ -71,7 +71,11 @@ def trl_run(steps: int, threads: int, out: Path) -> dict:
     )
     result = trainer.train()
     eval_loss = trainer.evaluate()["eval_loss"]
-    return {"tokens": trainer.state.num_input_tokens_seen, "seconds": result.metrics["train_runtime"], "eval_loss": eval_loss}
+    return {
+        "tokens": trainer.state.num_input_tokens_seen,
+        "seconds": result.metrics["train_runtime"],
+        "eval_loss": eval_loss,
+    }
 
 
 def one(kind: str, steps: int, threads: int) -> None:
@@ -85,7 +89,12 @@ def one(kind: str, steps: int, threads: int) -> None:
 
 def spawn(kind: str, steps: int, threads: int) -> dict:
     """Run one child and parse its figures."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     cmd = [sys.executable, __file__, "--one", kind, "--steps", str(steps), "--threads", str(threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode:
@@ -110,16 +119,20 @@ def main() -> None:
             results[kind].append(spawn(kind, opts.steps, opts.threads))
             print(f"  {kind:6s} run {i + 1}: {results[kind][-1]['tokens_per_s']:.0f} tok/s", flush=True)
     med = {k: {f: statistics.median(r[f] for r in runs) for f in runs[0]} for k, runs in results.items()}
-    print(f"\nSmolLM2-135M, LoRA r64 all-linear, batch 4 x accum 4, {opts.steps} steps, {opts.threads} threads, "
-          f"medians of {opts.repeats} alternating runs ({time.time() - started:.0f} s)")
+    print(
+        f"\nSmolLM2-135M, LoRA r64 all-linear, batch 4 x accum 4, {opts.steps} steps, {opts.threads} threads, "
+        f"medians of {opts.repeats} alternating runs ({time.time() - started:.0f} s)"
+    )
     print(f"{'':8s}{'non-pad tok/s':>15s}{'peak RSS MB':>13s}{'eval loss':>11s}")
     for kind in ("claire", "trl"):
         m = med[kind]
         print(f"{kind:8s}{m['tokens_per_s']:15.1f}{m['peak_rss_mb']:13.0f}{m['eval_loss']:11.4f}")
     speed = med["claire"]["tokens_per_s"] / med["trl"]["tokens_per_s"]
     memory = med["claire"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"]
-    print(f"ratio   speed {speed:.2f}x   memory {memory:.2f}x   eval-loss diff "
-          f"{med['claire']['eval_loss'] - med['trl']['eval_loss']:+.4f}")
+    print(
+        f"ratio   speed {speed:.2f}x   memory {memory:.2f}x   eval-loss diff "
+        f"{med['claire']['eval_loss'] - med['trl']['eval_loss']:+.4f}"
+    )
 
 
 if __name__ == "__main__":

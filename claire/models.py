@@ -101,9 +101,3 @@ def load_model(model: DictConfig, quant: BitsAndBytesConfig | None, tokenizer: A
     if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
         lm.resize_token_embeddings(len(tokenizer))
     return lm
-
-
-def added_token_ids(tokenizer: Any) -> list[int]:
-    """Ids of the trace tags when they were added as special tokens (markers=special)."""
-    vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in SPECIAL_MARKERS if t in vocab]

@@ -48,7 +48,10 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
     tracker_id = start_tracking(cfg, out)
     model = models.load_model(cfg.model, quant, tokenizer)
     if lora is not None and cfg.model.markers == "special":
-        lora.trainable_token_indices = models.added_token_ids(tokenizer)
+        # New tokens need trained input and output embeddings. peft's trainable_token_indices would be lighter,
+        # but trl's fused LM-head loss reads lm_head.weight directly and would skip its deltas.
+        lora.modules_to_save = [*(lora.modules_to_save or []), "embed_tokens", "lm_head"]
+        lora.ensure_weight_tying = bool(model.config.get_text_config().tie_word_embeddings)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -131,8 +134,10 @@ def render_loss_mask(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
 
 def finish(trainer: SFTTrainer, cfg: DictConfig, out: Path, wall: float, tracker_id: str | None) -> dict:
     """Evaluate, save adapter (and merged model), write metrics.json; push if asked."""
-    eval_metrics = trainer.evaluate()
     state = trainer.state
+    evals = [h for h in state.log_history if "eval_loss" in h]
+    fresh = evals and evals[-1]["step"] == state.global_step  # the trainer just evaluated: don't repeat it
+    eval_metrics = {k: v for k, v in evals[-1].items() if k.startswith("eval_")} if fresh else trainer.evaluate()
     train_logs = [h for h in state.log_history if "train_loss" in h]
     model = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -153,7 +153,12 @@ def test_special_markers_add_trained_tokens(tiny_cfg, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(out / "adapter")
     assert all(len(tokenizer.encode(t, add_special_tokens=False)) == 1 for t in ("<think>", "</causality>"))
     config = read(out / "adapter" / "adapter_config.json")
-    assert config["trainable_token_indices"]
+    assert "embed_tokens" in config["modules_to_save"]  # tied to lm_head in this model: trained as one
+    from safetensors import safe_open
+
+    with safe_open(out / "adapter" / "adapter_model.safetensors", "pt") as f:
+        embeddings = [f.get_tensor(k) for k in f.keys() if "embed_tokens" in k]  # noqa: SIM118
+    assert embeddings and embeddings[0].shape[0] == len(tokenizer)  # the grown table, saved with the adapter
 
 
 def test_full_fine_tuning(tiny_cfg, tmp_path):
@@ -172,7 +177,7 @@ def test_objective_can_be_any_metric(tiny_cfg, tmp_path):
 
 def test_end_token_must_carry_loss(tiny_cfg):
     with pytest.raises(ClaireError, match="have no loss on model.end_token=<|endoftext|>"):
-        run(tiny_cfg("model.end_token=<|endoftext|>"))
+        run(tiny_cfg("model.end_token='<|endoftext|>'"))
 
 
 @pytest.mark.slow
