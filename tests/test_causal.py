@@ -1,0 +1,78 @@
+"""The embedded sample generator: reproducible, well-formed, and every answer right by brute force."""
+
+import itertools
+import json
+from collections import Counter
+
+import pytest
+
+from claire.causal import SAMPLE_PATH, generate_rows
+from claire.data import split_trace
+
+ROWS = [json.loads(line) for line in SAMPLE_PATH.read_text().splitlines()]
+
+
+def closure(edges):
+    """Transitive closure by repeated composition: the (ancestor, descendant) pairs."""
+    reach = {tuple(e) for e in edges}
+    while True:
+        more = {(a, d) for (a, b), (c, d) in itertools.product(reach, reach) if b == c} - reach
+        if not more:
+            return reach
+        reach |= more
+
+
+def variables(row):
+    return sorted(row["question"].split("the variables ")[1].split(".")[0].split(", "))
+
+
+def test_the_shipped_file_is_what_the_generator_writes(tmp_path):
+    from claire.causal import write_jsonl
+
+    write_jsonl(generate_rows(240, seed=0), tmp_path / "s.jsonl")
+    assert (tmp_path / "s.jsonl").read_bytes() == SAMPLE_PATH.read_bytes()
+
+
+def test_seeds():
+    assert generate_rows(20, seed=1) == generate_rows(20, seed=1)
+    assert generate_rows(20, seed=1) != generate_rows(20, seed=2)
+
+
+def test_splits_ids_and_balance():
+    assert Counter(r["split"] for r in ROWS) == {"train": 200, "eval": 40}
+    assert len({r["id"] for r in ROWS}) == len(ROWS)
+    types = Counter(r["query_type"] for r in ROWS)
+    assert set(types) == {"direct_causes", "root_cause", "intervention", "confounder"}
+    assert min(types.values()) >= 0.15 * len(ROWS)
+    yes_no = Counter(r["answer"] for r in ROWS if r["query_type"] == "intervention")
+    assert abs(yes_no["yes"] - yes_no["no"]) <= 0.2 * sum(yes_no.values())
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["id"] for r in ROWS])
+def test_row_is_well_formed_and_right(row):
+    parts = split_trace(row["response"])  # raises on any malformed trace
+    assert parts["answer"] == f"The answer is {row['answer']}."
+    edges = [tuple(e) for e in row["edges"]]
+    names = variables(row)
+    assert 3 <= len(names) <= 6 and {v for e in edges for v in e} <= set(names)
+    reach = closure(edges)
+    assert not any((v, v) in reach for v in names)  # acyclic
+    graph_lines = [line for line in parts["causality"].splitlines() if " -> " in line and len(line) <= 6]
+    assert graph_lines == [f"{a} -> {b}" for a, b in edges]
+    for a, b in edges:
+        assert f"{a} causes {b}" in row["question"]
+    q, answer = row["question"], row["answer"]
+    if row["query_type"] == "direct_causes":
+        x = q.rsplit("directly cause ", 1)[1].rstrip("?")
+        assert answer == ", ".join(sorted(a for a, b in edges if b == x))
+    elif row["query_type"] == "root_cause":
+        x = q.rsplit("root causes of ", 1)[1].split(",")[0]
+        roots = sorted(a for a, d in reach if d == x and not any(e[1] == a for e in edges))
+        assert answer == ", ".join(roots) and roots
+    elif row["query_type"] == "intervention":
+        x, y = q.split("(do(")[1].split(")")[0], q.split("can that change ")[1].split("?")[0]
+        assert answer == ("yes" if (x, y) in reach else "no")
+    else:
+        x, y = q.split("confounder) of ")[1].split(",")[0].split(" and ")
+        common = {a for a, b in edges if b == x} & {a for a, b in edges if b == y}
+        assert common == {answer}
