@@ -185,11 +185,24 @@ def quant_values(cfg: DictConfig) -> dict[str, Any] | None:
     return values
 
 
+# metrics.json keys a sweep may optimise besides the trainer's eval_* metrics (see sft.finish)
+OBJECTIVES = ("train_loss", "tokens_per_second", "train_runtime_s", "wall_time_s")
+
+
 def check_run(cfg: DictConfig) -> None:
     """Top-level keys: objective, direction, data share, hub push."""
     one_of("direction", cfg.direction, ("minimize", "maximize"))
+    if cfg.objective not in OBJECTIVES and not str(cfg.objective).startswith("eval_"):
+        raise ClaireError(
+            f"objective={cfg.objective} is not a metric of metrics.json; "
+            f"choose eval_<metric> or one of {list(OBJECTIVES)}"
+        )
     if not 0 <= cfg.data.max_drop_fraction <= 1:
         raise ClaireError(f"data.max_drop_fraction={cfg.data.max_drop_fraction} must be in [0, 1]")
+    for key in ("max_train_rows", "max_eval_rows"):
+        value = cfg.data[key]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ClaireError(f"data.{key}={value!r} must be a whole number above 0, or null for all rows")
     if cfg.push_to_hub and not cfg.hub_repo_id:
         raise ClaireError("push_to_hub=true needs hub_repo_id=<user>/<repo> (and HF_TOKEN in the environment)")
 

@@ -92,7 +92,12 @@ def load_raw(data: DictConfig) -> dict[str, datasets.Dataset]:
                 f"data.path={data.path} has no column {field!r}; columns are "
                 f"{loaded[data.train_split].column_names}: set data.question_field / data.response_field"
             )
-    return {role: loaded[name] for role, name in splits.items()}
+    limits = {"train": data.max_train_rows, "eval": data.max_eval_rows}
+    return {role: _first(loaded[name], limits[role]) for role, name in splits.items()}
+
+
+def _first(rows: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    return rows if limit is None or limit >= len(rows) else rows.select(range(limit))
 
 
 def _load_any(path: str, config_name: str | None) -> dict[str, datasets.Dataset]:

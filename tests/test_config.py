@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import CONF, ROOT, compose_train
 
-from claire import ClaireError, checks
+from claire import ClaireError, checks, runs
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
@@ -77,6 +77,26 @@ def test_default_run_name_and_folder():
     assert compose_train("lora=none").run_name == "smollm2-135m-full-sample"
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_precision_follows_the_cpu(native, monkeypatch):
+    # bf16 only where the CPU has it natively: emulated bf16 on AVX2-only CPUs is ~20x slower than float32
+    monkeypatch.setattr(runs, "cpu_has_bf16", lambda: native)
+    cfg = compose_train()
+    assert cfg.trainer.bf16 is native
+    assert cfg.model.dtype == ("bfloat16" if native else "float32")
+    assert compose_train("trainer.bf16=false").trainer.bf16 is False  # an explicit choice wins
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"), [("avx2 avx512f", False), ("avx2 avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True)]
+)
+def test_cpu_bf16_reads_the_cpu_flags(flags, native, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
+    assert runs.cpu_has_bf16(cpuinfo) is native
+    assert runs.cpu_has_bf16(tmp_path / "absent") is False
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -91,8 +111,11 @@ def test_default_run_name_and_folder():
         ("model.dtype=float8", "model.dtype='float8' is not allowed; choose one of"),
         ("lora.lora_dropout=1.5", r"lora.lora_dropout=1.5 must be in \[0, 1\)"),
         ("direction=up", "direction='up' is not allowed"),
+        ("objective=nope", "objective=nope is not a metric of metrics.json; choose eval_<metric> or one of"),
         ("push_to_hub=true", "push_to_hub=true needs hub_repo_id"),
         ("trainer.train_sampling_strategy=longest", "is not allowed; choose one of"),
+        ("data.max_eval_rows=0", "data.max_eval_rows=0 must be a whole number above 0, or null for all rows"),
+        ("data.max_train_rows=1.5", "data.max_train_rows=1.5 must be a whole number above 0"),
     ],
 )
 def test_bad_config_message(override, message, tmp_path):

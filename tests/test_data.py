@@ -35,6 +35,8 @@ def data_cfg(path, **kw):
         "system_prompt": None,
         "expected_rows": None,
         "max_drop_fraction": 0.1,
+        "max_train_rows": None,
+        "max_eval_rows": None,
     }
     return OmegaConf.create({**base, **kw})
 
@@ -129,6 +131,12 @@ def test_load_single_jsonl_with_split_column(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", ROWS)
     loaded = load_raw(data_cfg(tmp_path / "d.jsonl"))
     assert (len(loaded["train"]), len(loaded["eval"])) == (9, 3)
+
+
+def test_row_limits_take_the_first_rows(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", ROWS)
+    loaded = load_raw(data_cfg(tmp_path / "d.jsonl", max_train_rows=4, max_eval_rows=50))
+    assert loaded["train"]["question"] == ["Q1", "Q2", "Q3", "Q5"] and len(loaded["eval"]) == 3
 
 
 def test_load_folder_of_split_files_like_a_hub_repo(tmp_path):

@@ -41,12 +41,12 @@ def test_run_folder_is_self_describing(finished):
     assert {"torch", "transformers", "trl", "peft"} <= set(manifest["packages"])
     assert set(manifest["git"]) == {"commit", "dirty"} and manifest["hardware"]["cpu_count"] >= 1
     report = read(out / "data_report.json")
-    assert report["kept"]["train"] == report["raw"]["train"] > 100
+    assert report["kept"]["train"] == report["raw"]["train"] > 100 and report["raw"]["eval"] == 8  # max_eval_rows
     saved = (out / "config.yaml").read_text()
     assert "r: 8" in saved and "${" not in saved  # resolved
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert (out / "adapter" / "tokenizer_config.json").exists()
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
 
 def test_examples_show_the_loss_mask(finished):
@@ -171,8 +171,6 @@ def test_full_fine_tuning(tiny_cfg, tmp_path):
 def test_objective_can_be_any_metric(tiny_cfg, tmp_path):
     objective = run(tiny_cfg("objective=train_loss"))
     assert objective == read(tmp_path / "run" / "metrics.json")["train_loss"] > 0
-    with pytest.raises(ClaireError, match="objective=nope is not in metrics.json"):
-        run(tiny_cfg("objective=nope", out=tmp_path / "other"))
 
 
 def test_end_token_must_carry_loss(tiny_cfg):
@@ -187,3 +185,28 @@ def test_wandb_offline_records_the_run_id(tiny_cfg, tmp_path):
     run_id = read(out / "metrics.json")["tracker_run_id"]
     assert run_id and (out / "wandb_run_id").read_text() == run_id
     assert any(run_id in p.name for p in (out / "wandb").glob("offline-run-*"))
+
+
+def test_cpu_training_loss_is_trls_loss(tiny_cfg):
+    # On CPU Claire trains with the model's own loss instead of trl's fused LM head: same value, same gradients
+    from trl import SFTTrainer
+
+    cfg = tiny_cfg("lora.lora_dropout=0.0")
+    trainer, _, _ = sft.build_trainer(cfg, checks.check(cfg, f"{cfg.output_dir}/checkpoints"))
+    model = trainer.model.train()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    tokens = int((batch["labels"][:, 1:] != -100).sum())
+    with torch.no_grad():
+        _, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+    assert outputs.logits.shape[-1] == model.config.vocab_size  # the model's own forward, not the fused head
+    for num_items in (None, 2 * tokens):  # a micro-batch alone, and one of two under gradient accumulation
+        ours = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+        ours.backward()
+        ours_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad()
+        trls = SFTTrainer.compute_loss(trainer, model, dict(batch), num_items_in_batch=num_items)
+        trls.backward()
+        torch.testing.assert_close(ours, trls, rtol=1e-5, atol=1e-5)
+        for mine, theirs in zip(ours_grads, [p.grad for p in model.parameters() if p.requires_grad], strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+        model.zero_grad()
