@@ -185,14 +185,16 @@ def quant_values(cfg: DictConfig) -> dict[str, Any] | None:
     return values
 
 
-# metrics.json keys a sweep may optimise besides the trainer's eval_* metrics (see sft.finish)
-OBJECTIVES = ("train_loss", "tokens_per_second", "train_runtime_s", "wall_time_s")
+# metrics.json keys a sweep may optimise besides eval_* and the eval group's task metrics (see sft.finish)
+OBJECTIVES = ("train_loss", "tokens_per_second", "train_runtime_s", "wall_time_s", "tokens_seen", "steps", "epochs")
+OBJECTIVES += ("trainable_params", "total_params", "merge_max_logit_diff")
 
 
 def check_run(cfg: DictConfig) -> None:
     """Top-level keys: objective, direction, data share, hub push."""
     one_of("direction", cfg.direction, ("minimize", "maximize"))
-    if cfg.objective not in OBJECTIVES and not str(cfg.objective).startswith("eval_"):
+    prefixes = ("eval_", *(str(task) for task in cfg.eval.get("tasks") or []))
+    if cfg.objective not in OBJECTIVES and not str(cfg.objective).startswith(prefixes):
         raise ClaireError(
             f"objective={cfg.objective} is not a metric of metrics.json; "
             f"choose eval_<metric> or one of {list(OBJECTIVES)}"
