@@ -3,11 +3,14 @@
 Each row is a random DAG over 3-6 lettered variables (topological order shuffled against the alphabet),
 a question about it, the gold answer computed from the graph, and a reference trace in the raw Claire
 format: <think> ... <causality> the edges and the reasoning </causality> ... </think> answer.
-Query types: direct_causes, root_cause, intervention (yes/no, balanced), confounder.
-    python -m claire.causal [--n 240] [--seed 0] [--out claire/data/causal_sample.jsonl]
+The sample's query types: direct_causes, root_cause, intervention (yes/no, balanced), confounder.
+The structure tier of the causal task suite adds ancestors, descendants, direct_or_indirect, mediators,
+colliders and d_separation over graphs of 3-8 variables (`--queries structure` or `all`).
+    python -m claire.causal [--n 240] [--seed 0] [--queries sample|structure|all] [--out FILE]
 """
 
 import argparse
+import itertools
 import json
 import random
 from collections.abc import Callable
@@ -15,12 +18,15 @@ from pathlib import Path
 
 SAMPLE_PATH = Path(__file__).parent / "data" / "causal_sample.jsonl"
 QUERY_TYPES = ("direct_causes", "root_cause", "intervention", "confounder")
+STRUCTURE_TYPES = ("ancestors", "descendants", "direct_or_indirect", "mediators", "colliders", "d_separation")
+QUERY_SETS = {"sample": QUERY_TYPES, "structure": STRUCTURE_TYPES, "all": QUERY_TYPES + STRUCTURE_TYPES}
+SIZES = {"sample": (3, 6), "structure": (3, 8), "all": (3, 8)}
 Edge = tuple[str, str]
 
 
-def random_dag(rng: random.Random) -> tuple[list[str], list[Edge]]:
-    """3-6 variables; every variable after the first has at least one cause earlier in a shuffled order."""
-    names = rng.sample("ABCDEFGH", rng.randint(3, 6))
+def random_dag(rng: random.Random, sizes: tuple[int, int] = (3, 6)) -> tuple[list[str], list[Edge]]:
+    """sizes[0]-sizes[1] variables; each after the first has at least one cause earlier in a shuffled order."""
+    names = rng.sample("ABCDEFGH", rng.randint(*sizes))
     edges = set()
     for j in range(1, len(names)):
         edges.add((names[rng.randrange(j)], names[j]))
@@ -42,6 +48,34 @@ def ancestors(node: str, edges: list[Edge]) -> list[str]:
                 found.add(parent)
                 frontier.append(parent)
     return sorted(found)
+
+
+def children(node: str, edges: list[Edge]) -> list[str]:
+    """Direct effects of node, sorted."""
+    return sorted(b for a, b in edges if a == node)
+
+
+def descendants(node: str, edges: list[Edge]) -> list[str]:
+    """Every variable node has a directed path into, sorted."""
+    return ancestors(node, [(b, a) for a, b in edges])
+
+
+def d_separated(x: str, y: str, given: list[str], edges: list[Edge]) -> tuple[bool, list[str], list[Edge]]:
+    """Lauritzen's criterion: X and Y are d-separated by Z when the moral graph of the ancestral set of
+    {X, Y} + Z, with Z removed, does not connect them. Returns the verdict, the ancestral set and the moral edges."""
+    keep = sorted({x, y, *given} | {a for v in (x, y, *given) for a in ancestors(v, edges)})
+    kept = [(a, b) for a, b in edges if a in keep and b in keep]
+    married = {tuple(sorted((p, q))) for v in keep for p in parents(v, kept) for q in parents(v, kept) if p < q}
+    moral = sorted({tuple(sorted(e)) for e in kept} | married)
+    reached, frontier = {x}, [x]
+    while frontier:
+        node = frontier.pop()
+        for a, b in moral:
+            other = b if a == node else a if b == node else None
+            if other and other not in reached and other not in given:
+                reached.add(other)
+                frontier.append(other)
+    return y not in reached, keep, moral
 
 
 def path(source: str, target: str, edges: list[Edge]) -> list[str] | None:
@@ -118,6 +152,102 @@ def confounder(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple
     return question, reasoning, z
 
 
+def listed(names: list[str]) -> str:
+    """Variables as an answer: 'A, C', or 'none'."""
+    return ", ".join(names) if names else "none"
+
+
+def ancestors_query(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple[str, str, str] | None:
+    """Which variables cause X, directly or through others?"""
+    x = rng.choice([n for n in names if ancestors(n, edges)])
+    found = ancestors(x, edges)
+    reasoning = f"Following the arrows back from {x} reaches {', '.join(found)}."
+    return f"Which variables cause {x}, directly or through other variables?", reasoning, listed(found)
+
+
+def descendants_query(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple[str, str, str] | None:
+    """Which variables does X affect, directly or through others?"""
+    x = rng.choice([n for n in names if children(n, edges)])
+    found = descendants(x, edges)
+    reasoning = f"Following the arrows forward from {x} reaches {', '.join(found)}."
+    return f"Which variables are affected by {x}, directly or through other variables?", reasoning, listed(found)
+
+
+def direct_or_indirect(
+    rng: random.Random, names: list[str], edges: list[Edge], want_direct: bool
+) -> tuple[str, str, str] | None:
+    """Is X a direct or only an indirect cause of Y? (asked where X is a cause of Y)"""
+    pairs = [(a, d) for d in names for a in ancestors(d, edges) if ((a, d) in edges) == want_direct]
+    if not pairs:
+        return None
+    x, y = rng.choice(sorted(pairs))
+    if want_direct:
+        reasoning = f"There is an arrow {x} -> {y}, so {x} causes {y} without any variable in between."
+    else:
+        reasoning = f"There is no arrow {x} -> {y}; {x} acts through the path {' -> '.join(path(x, y, edges))}."
+    question = f"Is {x} a direct cause of {y} or only an indirect one? Answer direct or indirect."
+    return question, reasoning, "direct" if want_direct else "indirect"
+
+
+def mediators(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple[str, str, str] | None:
+    """Which variables lie on a directed path from X to Y? (asked where there is at least one)"""
+    pairs = [
+        (x, y) for x in names for y in descendants(x, edges) if set(descendants(x, edges)) & set(ancestors(y, edges))
+    ]
+    if not pairs:
+        return None
+    x, y = rng.choice(pairs)
+    between = sorted(set(descendants(x, edges)) & set(ancestors(y, edges)))
+    reasoning = (
+        f"Forward from {x} the arrows reach {', '.join(descendants(x, edges))}; back from {y} they reach "
+        f"{', '.join(ancestors(y, edges))}; the variables in both lie between them."
+    )
+    question = f"Which variables mediate the effect of {x} on {y}, lying on a directed path from {x} to {y}?"
+    return question, reasoning, listed(between)
+
+
+def colliders(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple[str, str, str] | None:
+    """Which variables are directly caused by both X and Y? (asked where at least one is)"""
+    pairs = [
+        (x, y) for i, x in enumerate(names) for y in names[i + 1 :] if set(children(x, edges)) & set(children(y, edges))
+    ]
+    if not pairs:
+        return None
+    x, y = rng.choice(pairs)
+    common = sorted(set(children(x, edges)) & set(children(y, edges)))
+    reasoning = (
+        f"{x} directly causes {', '.join(children(x, edges))}; {y} directly causes {', '.join(children(y, edges))}."
+    )
+    question = f"Which variables are colliders of {x} and {y}, that is, directly caused by both?"
+    return question, reasoning, listed(common)
+
+
+def d_separation(rng: random.Random, names: list[str], edges: list[Edge], want: bool) -> tuple[str, str, str] | None:
+    """Are X and Y independent given Z (d-separated)? Balanced yes/no by the caller."""
+    candidates = []
+    for i, x in enumerate(names):
+        for y in names[i + 1 :]:
+            others = [n for n in names if n not in (x, y)]
+            for k in range(min(2, len(others)) + 1):
+                for given in itertools.combinations(others, k):
+                    if d_separated(x, y, list(given), edges)[0] == want:
+                        candidates.append((x, y, list(given)))
+    if not candidates:
+        return None
+    x, y, given = rng.choice(candidates)
+    separated, keep, moral = d_separated(x, y, given, edges)
+    links = ", ".join(f"{a} - {b}" for a, b in moral)
+    observed = f"given {', '.join(given)}" if given else "with nothing observed"
+    reasoning = (
+        f"Keep {x}, {y}{', ' + ', '.join(given) if given else ''} and their ancestors: {', '.join(keep)}. "
+        f"Join parents of a common child and drop directions: {links}. "
+        f"With {', '.join(given) or 'nothing'} removed, {x} and {y} are {'not ' if separated else ''}connected."
+    )
+    condition = f" once we know {', '.join(given)}" if given else ""
+    question = f"Are {x} and {y} independent{condition} ({x} and {y} d-separated {observed})? Answer yes or no."
+    return question, reasoning, "yes" if separated else "no"
+
+
 def trace(names: list[str], edges: list[Edge], reasoning: str, answer: str) -> str:
     """The reference trace in the raw Claire format."""
     graph = "\n".join(f"{a} -> {b}" for a, b in edges)
@@ -127,18 +257,26 @@ def trace(names: list[str], edges: list[Edge], reasoning: str, answer: str) -> s
     )
 
 
-def make_row(index: int, seed: int, eval_every: int) -> dict:
+def make_row(index: int, seed: int, eval_every: int, queries: str = "sample") -> dict:
     """Row `index`: its own seeded RNG, query type by index, graphs redrawn until the query fits."""
     rng = random.Random(seed * 1_000_003 + index)
-    query_type = QUERY_TYPES[index % len(QUERY_TYPES)]
+    types = QUERY_SETS[queries]
+    query_type = types[index % len(types)]
+    yes = (index // len(types)) % 2 == 0  # yes/no and direct/indirect questions alternate: balanced answers
     makers: dict[str, Callable] = {
         "direct_causes": direct_causes,
         "root_cause": root_cause,
-        "intervention": lambda r, n, e: intervention(r, n, e, want=(index // len(QUERY_TYPES)) % 2 == 0),
+        "intervention": lambda r, n, e: intervention(r, n, e, want=yes),
         "confounder": confounder,
+        "ancestors": ancestors_query,
+        "descendants": descendants_query,
+        "direct_or_indirect": lambda r, n, e: direct_or_indirect(r, n, e, want_direct=yes),
+        "mediators": mediators,
+        "colliders": colliders,
+        "d_separation": lambda r, n, e: d_separation(r, n, e, want=yes),
     }
     while True:
-        names, edges = random_dag(rng)
+        names, edges = random_dag(rng, SIZES[queries])
         made = makers[query_type](rng, names, edges)
         if made:
             break
@@ -155,9 +293,13 @@ def make_row(index: int, seed: int, eval_every: int) -> dict:
     }
 
 
-def generate_rows(n: int, seed: int = 0, eval_fraction: float = 1 / 6) -> list[dict]:
-    """n rows, every round(1/eval_fraction)-th one in the eval split."""
-    return [make_row(i, seed, max(2, round(1 / eval_fraction))) for i in range(n)]
+def generate_rows(n: int, seed: int = 0, eval_fraction: float = 1 / 6, queries: str = "sample") -> list[dict]:
+    """n rows of the query set `queries`, every round(1/eval_fraction)-th one in the eval split."""
+    if queries not in QUERY_SETS:
+        raise ValueError(f"queries={queries!r} is not a query set; choose one of {sorted(QUERY_SETS)}")
+    if n < 0 or not 0 < eval_fraction < 1:
+        raise ValueError(f"n={n}, eval_fraction={eval_fraction}: need n >= 0 and 0 < eval_fraction < 1")
+    return [make_row(i, seed, max(2, round(1 / eval_fraction)), queries) for i in range(n)]
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
@@ -170,9 +312,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Write causal questions with exact answers as JSONL.")
     parser.add_argument("--n", type=int, default=240)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=SAMPLE_PATH)
+    parser.add_argument("--queries", choices=sorted(QUERY_SETS), default="sample")
+    parser.add_argument(
+        "--out", type=Path, help="JSONL file to write (default: the shipped sample, for --queries sample)"
+    )
     opts = parser.parse_args()
-    write_jsonl(generate_rows(opts.n, opts.seed), opts.out)
+    if opts.out is None and opts.queries != "sample":
+        parser.error(f"--queries {opts.queries} needs --out FILE; the default is the shipped sample's file")
+    opts.out = opts.out or SAMPLE_PATH
+    if opts.out.exists() and opts.out.resolve() != SAMPLE_PATH.resolve():
+        parser.error(f"--out {opts.out} already exists; choose a new file (generated data is never overwritten)")
+    write_jsonl(generate_rows(opts.n, opts.seed, queries=opts.queries), opts.out)
     print(f"wrote {opts.n} rows to {opts.out}")
 
 

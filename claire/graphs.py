@@ -2,7 +2,7 @@
 
 Edges are read from arrows (`A -> C`, `A → C`, `A => C`, chains `A -> B -> C`, reversed `C <- A`) and from
 "A causes C" / "A directly causes C" / "C is caused by A" sentences; a negated one ("A does not cause C")
-adds no edge.
+adds no edge, nor does a negated arrow ("there is no arrow A -> C").
 With the gold variable names given, multi-word names ("wet grass") are matched, longest first; without
 them, a node is the word next to the arrow. Lists on one side of an arrow ("A, B -> C") are not read.
 """
@@ -24,6 +24,7 @@ CAUSES = re.compile(
     r"(?:(?P<passive>caused\s+by)|causes?|caused)\b",
     re.IGNORECASE,
 )
+NEGATION = re.compile(r"\b(?:no|not|never|without)\b|n't\b", re.IGNORECASE)  # "there is no arrow H -> A"
 WORD = re.compile(r"[A-Za-z0-9_']+")
 FILLER = {"the", "a", "an", "and", "so", "then", "also", "which", "that", "directly", "is", "are", "was", "were"}
 
@@ -51,7 +52,7 @@ def _arrow_edges(line: str, known: list[str] | None) -> set[Edge]:
     edges = set()
     for i in range(1, len(parts) - 1, 2):
         left, right = _node(parts[i - 1], known, last=True), _node(parts[i + 1], known, last=False)
-        if left and right:
+        if left and right and not NEGATION.search(parts[i - 1]):
             edges.add((right, left) if parts[i].startswith(("<", "←")) else (left, right))
     return edges
 

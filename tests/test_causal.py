@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from claire.causal import SAMPLE_PATH, generate_rows
+from claire.causal import SAMPLE_PATH, STRUCTURE_TYPES, generate_rows
 from claire.data import split_trace
 
 ROWS = [json.loads(line) for line in SAMPLE_PATH.read_text().splitlines()]
@@ -76,3 +76,82 @@ def test_row_is_well_formed_and_right(row):
         x, y = q.split("confounder) of ")[1].split(",")[0].split(" and ")
         common = {a for a, b in edges if b == x} & {a for a, b in edges if b == y}
         assert common == {answer}
+
+
+STRUCTURE = generate_rows(600, seed=7, queries="structure")
+
+
+def d_separated_by_paths(x, y, given, edges):
+    """Independent check: every undirected path from x to y is blocked (a collider outside Z and its
+    descendants, or a non-collider in Z)."""
+    reach = closure(edges)
+    neighbours = {}
+    for a, b in edges:
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+
+    def blocked(route):
+        for prev, mid, nxt in zip(route, route[1:], route[2:], strict=False):
+            collider = (prev, mid) in edges and (nxt, mid) in edges
+            opened = mid in given or any((mid, d) in reach for d in given)
+            if (collider and not opened) or (not collider and mid in given):
+                return True
+        return False
+
+    def routes(route):
+        if route[-1] == y:
+            yield route
+            return
+        for n in sorted(neighbours.get(route[-1], ())):
+            if n not in route:
+                yield from routes([*route, n])
+
+    return all(blocked(r) for r in routes([x]))
+
+
+def answer_set(row):
+    return set() if row["answer"] == "none" else set(row["answer"].split(", "))
+
+
+@pytest.mark.parametrize("row", STRUCTURE, ids=[r["id"] for r in STRUCTURE])
+def test_structure_row_is_right_by_brute_force(row):
+    split_trace(row["response"])
+    edges = [tuple(e) for e in row["edges"]]
+    reach = closure(edges)
+    names = variables(row)
+    assert 3 <= len(names) <= 8
+    q, kind = row["question"], row["query_type"]
+    if kind == "ancestors":
+        x = q.split("Which variables cause ")[1].split(",")[0]
+        assert answer_set(row) == {a for a, d in reach if d == x}
+    elif kind == "descendants":
+        x = q.split("affected by ")[1].split(",")[0]
+        assert answer_set(row) == {d for a, d in reach if a == x}
+    elif kind == "direct_or_indirect":
+        x, y = q.split("Is ")[1].split(" a direct cause of ")
+        y = y.split(" or ")[0]
+        assert (x, y) in reach and row["answer"] == ("direct" if (x, y) in edges else "indirect")
+    elif kind == "mediators":
+        x, y = q.split("effect of ")[1].split(",")[0].split(" on ")
+        assert answer_set(row) == {m for m in names if (x, m) in reach and (m, y) in reach} != set()
+    elif kind == "colliders":
+        x, y = q.split("colliders of ")[1].split(",")[0].split(" and ")
+        assert answer_set(row) == {c for c in names if (x, c) in edges and (y, c) in edges} != set()
+    else:
+        x, y = q.split("Are ")[1].split(" independent")[0].split(" and ")
+        given = q.split("once we know ")[1].split(" (")[0].split(", ") if "once we know" in q else []
+        assert row["answer"] == ("yes" if d_separated_by_paths(x, y, given, edges) else "no")
+
+
+def test_structure_answers_are_balanced():
+    for kind in ("d_separation", "direct_or_indirect"):
+        answers = Counter(r["answer"] for r in STRUCTURE if r["query_type"] == kind)
+        assert len(answers) == 2 and max(answers.values()) - min(answers.values()) <= 1
+    assert Counter(r["query_type"] for r in STRUCTURE) == {t: 100 for t in STRUCTURE_TYPES}
+
+
+def test_bad_generator_parameters_say_what_is_allowed():
+    with pytest.raises(ValueError, match="queries='rung9' is not a query set; choose one of"):
+        generate_rows(5, queries="rung9")
+    with pytest.raises(ValueError, match="need n >= 0 and 0 < eval_fraction < 1"):
+        generate_rows(5, eval_fraction=1.5)

@@ -19,6 +19,7 @@ from claire.graphs import causality_block, graph_metrics, parse_edges, score, sh
         ("A does not cause C; B doesn't cause C; A never causes B", set()),
         ("So the path A -> B -> E remains.", {("a", "b"), ("b", "e")}),
         ("A -> A", set()),  # no self loops
+        ("There is no arrow H -> A; H acts through H -> G -> A", {("h", "g"), ("g", "a")}),
         ("no arrows here", set()),
     ],
 )
@@ -66,7 +67,7 @@ def test_shd_counts_a_reversal_once():
 
 
 def test_every_reference_trace_parses_back_to_its_gold_graph():
-    rows = generate_rows(400, seed=3)
+    rows = generate_rows(400, seed=3) + generate_rows(400, seed=3, queries="structure")
     for row in rows:
         names = sorted({v for edge in row["edges"] for v in edge})
         assert graph_metrics(row["response"], row["edges"], names)["shd"] == 0, row["id"]
