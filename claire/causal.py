@@ -12,15 +12,22 @@ colliders and d_separation over graphs of 3-8 variables (`--queries structure` o
 import argparse
 import itertools
 import json
+import math
 import random
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 SAMPLE_PATH = Path(__file__).parent / "data" / "causal_sample.jsonl"
 QUERY_TYPES = ("direct_causes", "root_cause", "intervention", "confounder")
 STRUCTURE_TYPES = ("ancestors", "descendants", "direct_or_indirect", "mediators", "colliders", "d_separation")
 QUERY_SETS = {"sample": QUERY_TYPES, "structure": STRUCTURE_TYPES, "all": QUERY_TYPES + STRUCTURE_TYPES}
-SIZES = {"sample": (3, 6), "structure": (3, 8), "all": (3, 8)}
+LADDER_TYPES = ("association", "intervention_effect", "intervention_raises")
+QUERY_SETS["ladder"] = LADDER_TYPES
+QUERY_SETS["all"] = QUERY_TYPES + STRUCTURE_TYPES + LADDER_TYPES
+RUNGS = {"association": 1, "intervention": 2, "intervention_effect": 2, "intervention_raises": 2}  # others: 0
+SIZES = {"sample": (3, 6), "structure": (3, 8), "ladder": (3, 4), "all": (3, 8)}
+CPT_VALUES = [Fraction(k, 10) for k in range(1, 10)]
 Edge = tuple[str, str]
 
 
@@ -248,6 +255,170 @@ def d_separation(rng: random.Random, names: list[str], edges: list[Edge], want: 
     return question, reasoning, "yes" if separated else "no"
 
 
+# Rungs 1 and 2: binary variables, P(V=1 | parents) given as tenths; answers by exact enumeration (Fraction).
+Cpt = dict[str, dict[tuple[int, ...], Fraction]]
+
+
+def random_cpt(rng: random.Random, names: list[str], edges: list[Edge]) -> Cpt:
+    """P(V=1 | each assignment of V's parents, in sorted order), drawn from 0.1 ... 0.9."""
+    return {
+        v: {bits: rng.choice(CPT_VALUES) for bits in itertools.product((0, 1), repeat=len(parents(v, edges)))}
+        for v in names
+    }
+
+
+def joint(names: list[str], edges: list[Edge], cpt: Cpt, do: dict[str, int] | None = None) -> dict[tuple, Fraction]:
+    """The joint distribution by the chain rule over the graph; do={X: x} truncates X's factor (Pearl)."""
+    do = do or {}
+    table = {}
+    for values in itertools.product((0, 1), repeat=len(names)):
+        world = dict(zip(names, values, strict=True))
+        if any(world[x] != v for x, v in do.items()):
+            continue
+        p = Fraction(1)
+        for v in names:
+            if v not in do:
+                p1 = cpt[v][tuple(world[u] for u in parents(v, edges))]
+                p *= p1 if world[v] else 1 - p1
+        table[values] = p
+    return table
+
+
+def probability(names: list[str], table: dict[tuple, Fraction], event: dict[str, int]) -> Fraction:
+    """P(event) from a joint table."""
+    index = {v: i for i, v in enumerate(names)}
+    return sum((p for w, p in table.items() if all(w[index[v]] == x for v, x in event.items())), Fraction(0))
+
+
+def decimal(p: Fraction, places: int = 4) -> str:
+    """An exact decimal when the fraction terminates within `places`, else rounded with '≈'."""
+    scaled = p * 10**places
+    rounded = math.floor(scaled + Fraction(1, 2))  # half up, as people round (round() on a Fraction goes to even)
+    text = f"{rounded / 10**places:.{places}f}".rstrip("0").rstrip(".") or "0"
+    return text if scaled.denominator == 1 else f"≈{text}"
+
+
+def describe_cpt(names: list[str], edges: list[Edge], cpt: Cpt) -> str:
+    """The given probabilities, one sentence per variable."""
+    sentences = []
+    for v in names:
+        ps = parents(v, edges)
+        if not ps:
+            sentences.append(f"P({v}=1) = {decimal(cpt[v][()])}.")
+            continue
+        terms = [
+            f"P({v}=1 | {', '.join(f'{u}={b}' for u, b in zip(ps, bits, strict=True))}) = {decimal(p)}"
+            for bits, p in sorted(cpt[v].items(), reverse=True)
+        ]
+        sentences.append("; ".join(terms) + ".")
+    return "All variables are 0 or 1. " + " ".join(sentences)
+
+
+def small_binary_graph(names: list[str], edges: list[Edge]) -> bool:
+    """Numeric questions stay readable: at most 4 variables with at most 2 causes each."""
+    return len(names) <= 4 and all(len(parents(v, edges)) <= 2 for v in names)
+
+
+def association(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple[str, str, str, str] | None:
+    """Rung 1: P(Y=1 | X=x) from the given probabilities."""
+    if not small_binary_graph(names, edges):
+        return None
+    cpt = random_cpt(rng, names, edges)
+    x, y = rng.sample(names, 2)
+    value = rng.choice((0, 1))
+    table = joint(names, edges, cpt)
+    both, marginal = probability(names, table, {x: value, y: 1}), probability(names, table, {x: value})
+    answer = decimal(both / marginal, 3).lstrip("≈")
+    reasoning = (
+        f"Multiply the given probabilities along the graph and sum over the other variables: "
+        f"P({x}={value}, {y}=1) = {decimal(both, 6)} and P({x}={value}) = {decimal(marginal, 6)}, "
+        f"so P({y}=1 | {x}={value}) = {decimal(both, 6)} / {decimal(marginal, 6)} = {decimal(both / marginal, 3)}."
+    )
+    question = f"What is P({y}=1 | {x}={value}), the chance of {y}=1 among cases where {x}={value}? Give 3 decimals."
+    return question, reasoning, answer, describe_cpt(names, edges, cpt)
+
+
+def adjusted(names: list[str], edges: list[Edge], cpt: Cpt, x: str, y: str, value: int) -> tuple[Fraction, list]:
+    """Back-door adjustment over X's parents: sum_pa P(Y=1 | X=x, pa) P(pa), with its terms."""
+    table, adjust = joint(names, edges, cpt), parents(x, edges)
+    total, terms = Fraction(0), []
+    for bits in itertools.product((0, 1), repeat=len(adjust)):
+        pa = dict(zip(adjust, bits, strict=True))
+        p_pa = probability(names, table, pa)
+        p_y = probability(names, table, {**pa, x: value, y: 1}) / probability(names, table, {**pa, x: value})
+        total += p_y * p_pa
+        terms.append((pa, p_y, p_pa))
+    return total, terms
+
+
+def explain_adjustment(x: str, y: str, value: int, total: Fraction, terms: list) -> str:
+    """The adjustment formula with its numbers."""
+    if not terms[0][0]:
+        return f"{x} has no parents, so P({y}=1 | do({x}={value})) = P({y}=1 | {x}={value}) = {decimal(total, 4)}."
+    pa_names = ", ".join(terms[0][0])
+    parts = [f"({_assignment(pa)}) {decimal(p_y, 4)} x {decimal(p_pa, 4)}" for pa, p_y, p_pa in terms]
+    return (
+        f"Adjust for the parents of {x} ({pa_names}), which block every back-door path: "
+        f"P({y}=1 | do({x}={value})) = sum over {pa_names} of P({y}=1 | {x}={value}, {pa_names}) P({pa_names}) "
+        f"= {' + '.join(parts)} = {decimal(total, 4)}."
+    )
+
+
+def _assignment(values: dict[str, int]) -> str:
+    return ", ".join(f"{v}={b}" for v, b in values.items())
+
+
+def intervention_pair(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple[str, str, Cpt] | None:
+    """A cause X of Y (preferably confounded) on a small binary graph, with probabilities."""
+    if not small_binary_graph(names, edges):
+        return None
+    pairs = [(x, y) for y in names for x in ancestors(y, edges)]
+    confounded = [(x, y) for x, y in pairs if set(ancestors(x, edges)) & set(ancestors(y, edges))]
+    if not pairs:
+        return None
+    x, y = rng.choice(confounded or pairs)
+    return x, y, random_cpt(rng, names, edges)
+
+
+def intervention_effect(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple[str, str, str, str] | None:
+    """Rung 2: P(Y=1 | do(X=x)) by back-door adjustment."""
+    chosen = intervention_pair(rng, names, edges)
+    if not chosen:
+        return None
+    x, y, cpt = chosen
+    value = rng.choice((0, 1))
+    total, terms = adjusted(names, edges, cpt, x, y, value)
+    question = (
+        f"If we force {x}={value} by intervention, what is the chance that {y}=1, "
+        f"P({y}=1 | do({x}={value}))? Give 3 decimals."
+    )
+    return (
+        question,
+        explain_adjustment(x, y, value, total, terms),
+        decimal(total, 3).lstrip("≈"),
+        describe_cpt(names, edges, cpt),
+    )
+
+
+def intervention_raises(
+    rng: random.Random, names: list[str], edges: list[Edge], want: bool
+) -> tuple[str, str, str, str] | None:
+    """Rung 2, yes/no: does forcing X=1 rather than X=0 raise the chance of Y=1? (balanced by the caller)"""
+    chosen = intervention_pair(rng, names, edges)
+    if not chosen:
+        return None
+    x, y, cpt = chosen
+    (on, on_terms), (off, off_terms) = (adjusted(names, edges, cpt, x, y, v) for v in (1, 0))
+    if on == off or (on > off) != want:
+        return None
+    reasoning = (
+        f"{explain_adjustment(x, y, 1, on, on_terms)} {explain_adjustment(x, y, 0, off, off_terms)} "
+        f"{decimal(on, 4)} is {'more' if on > off else 'less'} than {decimal(off, 4)}."
+    )
+    question = f"Does forcing {x}=1 rather than {x}=0 (do({x})) raise the chance that {y}=1? Answer yes or no."
+    return question, reasoning, "yes" if on > off else "no", describe_cpt(names, edges, cpt)
+
+
 def trace(names: list[str], edges: list[Edge], reasoning: str, answer: str) -> str:
     """The reference trace in the raw Claire format."""
     graph = "\n".join(f"{a} -> {b}" for a, b in edges)
@@ -274,20 +445,26 @@ def make_row(index: int, seed: int, eval_every: int, queries: str = "sample") ->
         "mediators": mediators,
         "colliders": colliders,
         "d_separation": lambda r, n, e: d_separation(r, n, e, want=yes),
+        "association": association,
+        "intervention_effect": intervention_effect,
+        "intervention_raises": lambda r, n, e: intervention_raises(r, n, e, want=yes),
     }
     while True:
         names, edges = random_dag(rng, SIZES[queries])
         made = makers[query_type](rng, names, edges)
         if made:
             break
-    question, reasoning, answer = made
+    question, reasoning, answer, *numbers = made
+    given = " ".join([describe(names, edges), *numbers])
     return {
         "id": f"causal-{index:06d}",
         "split": "eval" if index % eval_every == eval_every - 1 else "train",
-        "question": f"{describe(names, edges)} {question}",
+        "question": f"{given} {question}",
         "response": trace(names, edges, reasoning, answer),
         "answer": answer,
         "query_type": query_type,
+        "rung": RUNGS.get(query_type, 0),
+        "given": given,
         "edges": [list(e) for e in edges],
         "seed": seed,
     }

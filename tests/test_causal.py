@@ -2,7 +2,9 @@
 
 import itertools
 import json
+import re
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 
@@ -155,3 +157,79 @@ def test_bad_generator_parameters_say_what_is_allowed():
         generate_rows(5, queries="rung9")
     with pytest.raises(ValueError, match="need n >= 0 and 0 < eval_fraction < 1"):
         generate_rows(5, eval_fraction=1.5)
+
+
+LADDER = generate_rows(300, seed=11, queries="ladder")
+
+
+def cpt_from_text(question):
+    """The given probabilities read back from the question: {(var, ((parent, bit), ...)): p}."""
+    table = {}
+    for var, condition, p in re.findall(r"P\((\w)=1(?: \| ([^)]*))?\) = ([0-9]+(?:\.[0-9]+)?)", question):
+        bits = tuple(sorted((u, int(b)) for u, b in re.findall(r"(\w)=(\d)", condition or "")))
+        table[(var, bits)] = Fraction(p)
+    return table
+
+
+def enumerate_worlds(names, edges, cpt, do=None):
+    """Brute force over all 0/1 worlds, mutilating the graph for do(): P(world)."""
+    do = do or {}
+    for values in itertools.product((0, 1), repeat=len(names)):
+        world = dict(zip(names, values, strict=True))
+        if any(world[x] != v for x, v in do.items()):
+            continue
+        p = Fraction(1)
+        for v in names:
+            if v in do:
+                continue
+            p1 = cpt[(v, tuple(sorted((a, world[a]) for a, b in edges if b == v)))]
+            p *= p1 if world[v] else 1 - p1
+        yield world, p
+
+
+def chance(names, edges, cpt, event, given=None, do=None):
+    worlds = list(enumerate_worlds(names, edges, cpt, do))
+    given = given or {}
+    hits = sum(p for w, p in worlds if all(w[k] == v for k, v in {**event, **given}.items()))
+    return hits / sum(p for w, p in worlds if all(w[k] == v for k, v in given.items()))
+
+
+@pytest.mark.parametrize("row", LADDER, ids=[r["id"] for r in LADDER])
+def test_ladder_row_is_right_by_enumeration(row):
+    split_trace(row["response"])
+    edges, names, q = [tuple(e) for e in row["edges"]], variables(row), row["question"]
+    cpt = cpt_from_text(q)
+    assert len(cpt) == sum(2 ** sum(b == v for _, b in edges) for v in names)  # every number is given
+    if row["query_type"] == "association":
+        y, x, value = re.search(r"What is P\((\w)=1 \| (\w)=(\d)\)", q).groups()
+        expected = chance(names, edges, cpt, {y: 1}, given={x: int(value)})
+        assert row["rung"] == 1 and abs(float(row["answer"]) - float(expected)) <= 0.0005
+    elif row["query_type"] == "intervention_effect":
+        y, x, value = re.search(r"P\((\w)=1 \| do\((\w)=(\d)\)\)\?", q).groups()
+        expected = chance(names, edges, cpt, {y: 1}, do={x: int(value)})  # the mutilated graph, no adjustment
+        assert row["rung"] == 2 and abs(float(row["answer"]) - float(expected)) <= 0.0005
+    else:
+        x, y = re.search(r"Does forcing (\w)=1 rather than \w=0 \(do\(\w\)\) raise the chance that (\w)=1", q).groups()
+        on, off = (chance(names, edges, cpt, {y: 1}, do={x: v}) for v in (1, 0))
+        assert row["rung"] == 2 and row["answer"] == ("yes" if on > off else "no") and on != off
+
+
+def test_ladder_yes_no_is_balanced_and_confounding_is_common():
+    answers = Counter(r["answer"] for r in LADDER if r["query_type"] == "intervention_raises")
+    assert abs(answers["yes"] - answers["no"]) <= 1
+    adjusted = [r for r in LADDER if r["rung"] == 2 and "back-door" in r["response"]]
+    assert len(adjusted) >= 0.5 * sum(r["rung"] == 2 for r in LADDER)
+
+
+def test_association_differs_from_intervention_under_confounding():
+    # the point of rung 2: with a confounder, seeing X is not doing X
+    names, edges = ["X", "Y", "Z"], [("X", "Y"), ("Z", "X"), ("Z", "Y")]
+    cpt = {
+        ("Z", ()): Fraction(1, 2),
+        ("X", (("Z", 0),)): Fraction(1, 10),
+        ("X", (("Z", 1),)): Fraction(9, 10),
+        **{("Y", (("X", x), ("Z", z))): Fraction(1 + 2 * z + x, 10) for x in (0, 1) for z in (0, 1)},
+    }
+    seen = chance(names, edges, cpt, {"Y": 1}, given={"X": 1})
+    done = chance(names, edges, cpt, {"Y": 1}, do={"X": 1})
+    assert seen == Fraction(2 * 9 * 4 + 2 * 1 * 2, 10 * 20) and done == Fraction(3, 10) and seen != done
