@@ -22,11 +22,11 @@ SAMPLE_PATH = Path(__file__).parent / "data" / "causal_sample.jsonl"
 QUERY_TYPES = ("direct_causes", "root_cause", "intervention", "confounder")
 STRUCTURE_TYPES = ("ancestors", "descendants", "direct_or_indirect", "mediators", "colliders", "d_separation")
 QUERY_SETS = {"sample": QUERY_TYPES, "structure": STRUCTURE_TYPES, "all": QUERY_TYPES + STRUCTURE_TYPES}
-LADDER_TYPES = ("association", "intervention_effect", "intervention_raises")
+LADDER_TYPES = ("association", "intervention_effect", "intervention_raises", "counterfactual")
 QUERY_SETS["ladder"] = LADDER_TYPES
 QUERY_SETS["all"] = QUERY_TYPES + STRUCTURE_TYPES + LADDER_TYPES
-RUNGS = {"association": 1, "intervention": 2, "intervention_effect": 2, "intervention_raises": 2}  # others: 0
-SIZES = {"sample": (3, 6), "structure": (3, 8), "ladder": (3, 4), "all": (3, 8)}
+RUNGS = {"association": 1, "intervention": 2, "intervention_effect": 2, "intervention_raises": 2, "counterfactual": 3}
+SIZES = {"sample": (3, 6), "structure": (3, 8), "ladder": (3, 5), "all": (3, 8)}
 CPT_VALUES = [Fraction(k, 10) for k in range(1, 10)]
 Edge = tuple[str, str]
 
@@ -419,6 +419,87 @@ def intervention_raises(
     return question, reasoning, "yes" if on > off else "no", describe_cpt(names, edges, cpt)
 
 
+# Rung 3: deterministic boolean structural equations; the roots are observed, so abduction is reading them off.
+Rule = tuple[str, list[tuple[str, bool]]]  # ("or" | "and", [(parent, negated), ...])
+
+
+def random_rules(rng: random.Random, names: list[str], edges: list[Edge]) -> dict[str, Rule]:
+    """Each caused variable is the OR or the AND of its parents, some of them negated."""
+    return {
+        v: (rng.choice(("or", "and")), [(u, rng.random() < 0.25) for u in parents(v, edges)])
+        for v in names
+        if parents(v, edges)
+    }
+
+
+def solve(names: list[str], edges: list[Edge], rules: dict[str, Rule], roots: dict[str, bool], do: dict) -> dict:
+    """Every variable's value, in causal order, with do() overriding a variable's own rule."""
+    values: dict[str, bool] = {}
+    pending = list(names)
+    while pending:
+        v = next(u for u in pending if all(p in values for p in parents(u, edges)))
+        pending.remove(v)
+        if v in do:
+            values[v] = do[v]
+        elif v in roots:
+            values[v] = roots[v]
+        else:
+            op, terms = rules[v]
+            bits = [values[u] != negated for u, negated in terms]
+            values[v] = any(bits) if op == "or" else all(bits)
+    return values
+
+
+def rule_text(v: str, rule: Rule) -> str:
+    """'D = C or not B'."""
+    op, terms = rule
+    return f"{v} = " + f" {op} ".join(f"not {u}" if negated else u for u, negated in terms)
+
+
+def truth(values: dict[str, bool], order: list[str]) -> str:
+    return ", ".join(f"{v}={int(values[v])}" for v in order)
+
+
+def counterfactual(rng: random.Random, names: list[str], edges: list[Edge], want: bool) -> tuple | None:
+    """Rung 3: given what happened, had X been otherwise, would Y have been true? (balanced by the caller)"""
+    if len(names) > 6:
+        return None
+    rules = random_rules(rng, names, edges)
+    roots = {v: rng.random() < 0.5 for v in names if not parents(v, edges)}
+    actual = solve(names, edges, rules, roots, {})
+    pairs = [(x, y) for x in names for y in descendants(x, edges)]
+    options = []
+    for x, y in pairs:
+        imagined = solve(names, edges, rules, roots, {x: not actual[x]})
+        if imagined[y] == want:
+            options.append((x, y, imagined))
+    if not options:
+        return None
+    x, y, imagined = rng.choice(options)
+    order = _causal_order(names, edges)
+    kept = sorted(v for v in roots if v != x)
+    given = (
+        "Each variable is 1 (true) or 0 (false). The rules are: "
+        + "; ".join(rule_text(v, rules[v]) for v in order if v in rules)
+        + f". What actually happened: {truth(actual, [v for v in order if v in roots])}."
+    )
+    downstream = [v for v in order if v in descendants(x, edges)]
+    reasoning = (
+        f"Actual world from the rules: {truth(actual, order)}. "
+        + (f"Keep the observed {truth(actual, kept)}, set " if kept else "Set ")
+        + f"{x}={int(not actual[x])} and recompute what {x} affects: {truth(imagined, downstream)}."
+    )
+    question = f"{y} was {int(actual[y])}. Had {x} been {int(not actual[x])}, would {y} have been 1? Answer yes or no."
+    return question, reasoning, "yes" if imagined[y] else "no", given
+
+
+def _causal_order(names: list[str], edges: list[Edge]) -> list[str]:
+    done: list[str] = []
+    while len(done) < len(names):
+        done.append(next(u for u in sorted(names) if u not in done and all(p in done for p in parents(u, edges))))
+    return done
+
+
 def trace(names: list[str], edges: list[Edge], reasoning: str, answer: str) -> str:
     """The reference trace in the raw Claire format."""
     graph = "\n".join(f"{a} -> {b}" for a, b in edges)
@@ -448,6 +529,7 @@ def make_row(index: int, seed: int, eval_every: int, queries: str = "sample") ->
         "association": association,
         "intervention_effect": intervention_effect,
         "intervention_raises": lambda r, n, e: intervention_raises(r, n, e, want=yes),
+        "counterfactual": lambda r, n, e: counterfactual(r, n, e, want=yes),
     }
     while True:
         names, edges = random_dag(rng, SIZES[queries])

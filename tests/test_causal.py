@@ -194,7 +194,10 @@ def chance(names, edges, cpt, event, given=None, do=None):
     return hits / sum(p for w, p in worlds if all(w[k] == v for k, v in given.items()))
 
 
-@pytest.mark.parametrize("row", LADDER, ids=[r["id"] for r in LADDER])
+NUMERIC = [r for r in LADDER if r["rung"] in (1, 2)]
+
+
+@pytest.mark.parametrize("row", NUMERIC, ids=[r["id"] for r in NUMERIC])
 def test_ladder_row_is_right_by_enumeration(row):
     split_trace(row["response"])
     edges, names, q = [tuple(e) for e in row["edges"]], variables(row), row["question"]
@@ -215,8 +218,10 @@ def test_ladder_row_is_right_by_enumeration(row):
 
 
 def test_ladder_yes_no_is_balanced_and_confounding_is_common():
-    answers = Counter(r["answer"] for r in LADDER if r["query_type"] == "intervention_raises")
-    assert abs(answers["yes"] - answers["no"]) <= 1
+    for kind in ("intervention_raises", "counterfactual"):
+        answers = Counter(r["answer"] for r in LADDER if r["query_type"] == kind)
+        assert abs(answers["yes"] - answers["no"]) <= 1
+    assert Counter(r["rung"] for r in LADDER) == {1: 75, 2: 150, 3: 75}
     adjusted = [r for r in LADDER if r["rung"] == 2 and "back-door" in r["response"]]
     assert len(adjusted) >= 0.5 * sum(r["rung"] == 2 for r in LADDER)
 
@@ -233,3 +238,32 @@ def test_association_differs_from_intervention_under_confounding():
     seen = chance(names, edges, cpt, {"Y": 1}, given={"X": 1})
     done = chance(names, edges, cpt, {"Y": 1}, do={"X": 1})
     assert seen == Fraction(2 * 9 * 4 + 2 * 1 * 2, 10 * 20) and done == Fraction(3, 10) and seen != done
+
+
+def evaluate_rules(question, edges, roots, do):
+    """Independent reading of the structural equations from the question text, evaluated to a fixed point."""
+    rules = dict(re.findall(r"(\w) = ([\w ]+?)(?=;|\. What)", question))
+    values = {**roots, **do}
+    for _ in range(len(rules) + 1):
+        for v, expr in rules.items():
+            if v in do:
+                continue
+            terms = re.split(r" (and|or) ", expr)
+            op = terms[1] if len(terms) > 1 else "or"
+            known = [t for t in terms[::2] if t.removeprefix("not ") in values]
+            if len(known) == len(terms[::2]):
+                bits = [values[t[4:]] == 0 if t.startswith("not ") else values[t] == 1 for t in known]
+                values[v] = int(any(bits) if op == "or" else all(bits))
+    return values
+
+
+@pytest.mark.parametrize("row", [r for r in LADDER if r["query_type"] == "counterfactual"])
+def test_counterfactual_row_is_right_by_its_equations(row):
+    q, edges = row["question"], [tuple(e) for e in row["edges"]]
+    roots = {v: int(b) for v, b in re.findall(r"(\w)=(\d)", q.split("What actually happened: ")[1].split(".")[0])}
+    y, y_actual, x, x_new = re.search(r"(\w) was (\d)\. Had (\w) been (\d)", q).groups()
+    actual = evaluate_rules(q, edges, roots, {})
+    assert actual[y] == int(y_actual) and actual[x] != int(x_new)
+    imagined = evaluate_rules(q, edges, {k: v for k, v in roots.items() if k != x}, {x: int(x_new)})
+    assert row["rung"] == 3 and row["answer"] == ("yes" if imagined[y] else "no")
+    assert set(evaluate_rules(q, edges, roots, {})) == set(variables(row))  # every variable has a rule or a value
