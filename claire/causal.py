@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import random
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -315,8 +316,8 @@ def describe_cpt(names: list[str], edges: list[Edge], cpt: Cpt) -> str:
 
 
 def small_binary_graph(names: list[str], edges: list[Edge]) -> bool:
-    """Numeric questions stay readable: at most 4 variables with at most 2 causes each."""
-    return len(names) <= 4 and all(len(parents(v, edges)) <= 2 for v in names)
+    """Numeric questions stay readable: at most 5 variables with at most 2 causes each."""
+    return len(names) <= 5 and all(len(parents(v, edges)) <= 2 for v in names)
 
 
 def association(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple[str, str, str, str] | None:
@@ -500,6 +501,84 @@ def _causal_order(names: list[str], edges: list[Edge]) -> list[str]:
     return done
 
 
+# Verbalisations. Everyday stories use a graph people know; anti-commonsense ones reverse every arrow of it,
+# so a model must read the given graph instead of answering from memory. Names never contain one another.
+STORIES: dict[str, list[Edge]] = {
+    "garden": [
+        ("season", "rain"),
+        ("season", "sprinkler"),
+        ("rain", "wet grass"),
+        ("sprinkler", "wet grass"),
+        ("wet grass", "slippery path"),
+    ],
+    "alarm": [
+        ("burglary", "alarm"),
+        ("earthquake", "alarm"),
+        ("alarm", "neighbour calls"),
+        ("earthquake", "radio report"),
+    ],
+    "smoking": [
+        ("genotype", "smoking"),
+        ("smoking", "tar deposits"),
+        ("tar deposits", "lung cancer"),
+        ("genotype", "lung cancer"),
+    ],
+    "exam": [
+        ("stress", "sleep"),
+        ("sleep", "exam score"),
+        ("studying", "knowledge"),
+        ("knowledge", "exam score"),
+        ("exam score", "graduation"),
+    ],
+    "traffic": [
+        ("rain", "accident"),
+        ("rain", "traffic jam"),
+        ("accident", "traffic jam"),
+        ("traffic jam", "late arrival"),
+    ],
+    "wildfire": [
+        ("lightning", "forest fire"),
+        ("drought", "forest fire"),
+        ("forest fire", "smoke"),
+        ("smoke", "poor air quality"),
+    ],
+    "winter": [
+        ("cold weather", "heating use"),
+        ("heating use", "energy bill"),
+        ("cold weather", "flu cases"),
+        ("flu cases", "sick days"),
+    ],
+    "orchard": [
+        ("sunlight", "plant growth"),
+        ("watering", "plant growth"),
+        ("plant growth", "harvest"),
+        ("harvest", "income"),
+    ],
+}
+VERBALISATIONS = ("letters", "everyday", "anti")
+PLACEHOLDERS = "BCDEFGHJ"  # stand-ins while a story is built: never a word of the templates (unlike A or I)
+
+
+def story_graph(rng: random.Random, anti: bool) -> tuple[str, list[str], list[Edge], dict[str, str]]:
+    """A story's graph over placeholder letters, arrows reversed when anti; returns the letter -> name map."""
+    story = rng.choice(sorted(STORIES))
+    variables = sorted({v for edge in STORIES[story] for v in edge})
+    # sorted letters to sorted names: every list sorted by letter comes out sorted by name
+    mapping = dict(zip(sorted(rng.sample(PLACEHOLDERS, len(variables))), variables, strict=True))
+    letter = {name: key for key, name in mapping.items()}
+    edges = sorted((letter[b], letter[a]) if anti else (letter[a], letter[b]) for a, b in STORIES[story])
+    return story, sorted(mapping), edges, mapping
+
+
+def verbalise(value: object, mapping: dict[str, str]) -> object:
+    """Placeholder letters -> story names, in text and in nested lists."""
+    if isinstance(value, str):
+        return re.sub(rf"\b([{PLACEHOLDERS}])\b", lambda m: mapping.get(m[1], m[1]), value)
+    if isinstance(value, list):
+        return [verbalise(v, mapping) for v in value]
+    return value
+
+
 def trace(names: list[str], edges: list[Edge], reasoning: str, answer: str) -> str:
     """The reference trace in the raw Claire format."""
     graph = "\n".join(f"{a} -> {b}" for a, b in edges)
@@ -509,7 +588,7 @@ def trace(names: list[str], edges: list[Edge], reasoning: str, answer: str) -> s
     )
 
 
-def make_row(index: int, seed: int, eval_every: int, queries: str = "sample") -> dict:
+def make_row(index: int, seed: int, eval_every: int, queries: str = "sample", verbalisation: str = "letters") -> dict:
     """Row `index`: its own seeded RNG, query type by index, graphs redrawn until the query fits."""
     rng = random.Random(seed * 1_000_003 + index)
     types = QUERY_SETS[queries]
@@ -531,14 +610,22 @@ def make_row(index: int, seed: int, eval_every: int, queries: str = "sample") ->
         "intervention_raises": lambda r, n, e: intervention_raises(r, n, e, want=yes),
         "counterfactual": lambda r, n, e: counterfactual(r, n, e, want=yes),
     }
-    while True:
-        names, edges = random_dag(rng, SIZES[queries])
+    if verbalisation == "mixed":
+        verbalisation = VERBALISATIONS[(index // (2 * len(types))) % len(VERBALISATIONS)]
+    story, mapping = None, {}
+    for _ in range(1000):
+        if verbalisation == "letters":
+            names, edges = random_dag(rng, SIZES[queries])
+        else:
+            story, names, edges, mapping = story_graph(rng, anti=verbalisation == "anti")
         made = makers[query_type](rng, names, edges)
         if made:
             break
+    else:
+        raise ValueError(f"no {verbalisation} graph fits a {query_type} question; use verbalisation=letters")
     question, reasoning, answer, *numbers = made
     given = " ".join([describe(names, edges), *numbers])
-    return {
+    row = {
         "id": f"causal-{index:06d}",
         "split": "eval" if index % eval_every == eval_every - 1 else "train",
         "question": f"{given} {question}",
@@ -548,17 +635,24 @@ def make_row(index: int, seed: int, eval_every: int, queries: str = "sample") ->
         "rung": RUNGS.get(query_type, 0),
         "given": given,
         "edges": [list(e) for e in edges],
+        "verbalisation": verbalisation,
+        "story": story,
         "seed": seed,
     }
+    return {key: verbalise(value, mapping) for key, value in row.items()} if mapping else row
 
 
-def generate_rows(n: int, seed: int = 0, eval_fraction: float = 1 / 6, queries: str = "sample") -> list[dict]:
+def generate_rows(
+    n: int, seed: int = 0, eval_fraction: float = 1 / 6, queries: str = "sample", verbalisation: str = "letters"
+) -> list[dict]:
     """n rows of the query set `queries`, every round(1/eval_fraction)-th one in the eval split."""
     if queries not in QUERY_SETS:
         raise ValueError(f"queries={queries!r} is not a query set; choose one of {sorted(QUERY_SETS)}")
+    if verbalisation not in (*VERBALISATIONS, "mixed"):
+        raise ValueError(f"verbalisation={verbalisation!r} is not known; choose one of {[*VERBALISATIONS, 'mixed']}")
     if n < 0 or not 0 < eval_fraction < 1:
         raise ValueError(f"n={n}, eval_fraction={eval_fraction}: need n >= 0 and 0 < eval_fraction < 1")
-    return [make_row(i, seed, max(2, round(1 / eval_fraction)), queries) for i in range(n)]
+    return [make_row(i, seed, max(2, round(1 / eval_fraction)), queries, verbalisation) for i in range(n)]
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
@@ -572,6 +666,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=240)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--queries", choices=sorted(QUERY_SETS), default="sample")
+    parser.add_argument("--verbalisation", choices=[*VERBALISATIONS, "mixed"], default="letters")
     parser.add_argument(
         "--out", type=Path, help="JSONL file to write (default: the shipped sample, for --queries sample)"
     )
@@ -581,7 +676,7 @@ def main() -> None:
     opts.out = opts.out or SAMPLE_PATH
     if opts.out.exists() and opts.out.resolve() != SAMPLE_PATH.resolve():
         parser.error(f"--out {opts.out} already exists; choose a new file (generated data is never overwritten)")
-    write_jsonl(generate_rows(opts.n, opts.seed, queries=opts.queries), opts.out)
+    write_jsonl(generate_rows(opts.n, opts.seed, queries=opts.queries, verbalisation=opts.verbalisation), opts.out)
     print(f"wrote {opts.n} rows to {opts.out}")
 
 

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from claire.causal import SAMPLE_PATH, STRUCTURE_TYPES, generate_rows
+from claire.causal import SAMPLE_PATH, STORIES, STRUCTURE_TYPES, generate_rows
 from claire.data import split_trace
 
 ROWS = [json.loads(line) for line in SAMPLE_PATH.read_text().splitlines()]
@@ -267,3 +267,51 @@ def test_counterfactual_row_is_right_by_its_equations(row):
     imagined = evaluate_rules(q, edges, {k: v for k, v in roots.items() if k != x}, {x: int(x_new)})
     assert row["rung"] == 3 and row["answer"] == ("yes" if imagined[y] else "no")
     assert set(evaluate_rules(q, edges, roots, {})) == set(variables(row))  # every variable has a rule or a value
+
+
+VERBAL = {v: generate_rows(240, seed=5, queries="all", verbalisation=v) for v in ("everyday", "anti")}
+
+
+def unverbalise(row):
+    """Story names back to letters (longest first), so the letter checks above apply unchanged."""
+    letters = dict(zip(sorted({v for edge in STORIES[row["story"]] for v in edge}), "BCDEFGHJ", strict=False))
+    names = sorted(letters, key=len, reverse=True)
+
+    def back(value):
+        if isinstance(value, list):
+            return [back(v) for v in value]
+        if not isinstance(value, str):
+            return value
+        for name in names:
+            value = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", letters[name], value)
+        return value
+
+    return {key: back(value) for key, value in row.items()}
+
+
+@pytest.mark.parametrize("verbalisation", ["everyday", "anti"])
+def test_verbalised_rows_are_right(verbalisation):
+    rows = VERBAL[verbalisation]
+    assert {r["verbalisation"] for r in rows} == {verbalisation} and len({r["story"] for r in rows}) >= 6
+    for row in rows:
+        letters = unverbalise(row)
+        if row["rung"] == 3:
+            test_counterfactual_row_is_right_by_its_equations(letters)
+        elif row["rung"] in (1, 2) and row["query_type"] != "intervention":
+            test_ladder_row_is_right_by_enumeration(letters)
+        elif row["query_type"] in STRUCTURE_TYPES:
+            test_structure_row_is_right_by_brute_force(letters)
+        else:
+            test_row_is_well_formed_and_right(letters)
+
+
+def test_anti_commonsense_reverses_every_everyday_arrow():
+    for verbalisation, flip in (("everyday", False), ("anti", True)):
+        for row in VERBAL[verbalisation]:
+            everyday = set(STORIES[row["story"]])
+            assert {(b, a) if flip else (a, b) for a, b in row["edges"]} == everyday, row["id"]
+
+
+def test_mixed_verbalisation_cycles_through_all_three():
+    rows = generate_rows(120, seed=1, queries="structure", verbalisation="mixed")
+    assert Counter(r["verbalisation"] for r in rows) == {"letters": 48, "everyday": 36, "anti": 36}

@@ -72,3 +72,9 @@ def test_every_reference_trace_parses_back_to_its_gold_graph():
         names = sorted({v for edge in row["edges"] for v in edge})
         assert graph_metrics(row["response"], row["edges"], names)["shd"] == 0, row["id"]
         assert graph_metrics(row["response"], row["edges"])["f1"] == 1.0, row["id"]
+
+
+def test_story_traces_parse_back_with_their_names():
+    for row in generate_rows(200, seed=4, queries="all", verbalisation="mixed"):
+        names = sorted({v for edge in row["edges"] for v in edge})
+        assert graph_metrics(row["response"], row["edges"], names)["shd"] == 0, row["id"]
