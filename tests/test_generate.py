@@ -1,6 +1,7 @@
 """claire.generate with the causal source: splits with unseen graph shapes, a card, never overwriting."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -71,7 +72,7 @@ def test_shape_ignores_labels():
     ],
 )
 def test_bad_parameters(override, message, tmp_path):
-    with pytest.raises(ClaireError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ClaireError, match=re.escape(message)):
         run(compose_generate(override, f"out={tmp_path / 'x'}"))
 
 
