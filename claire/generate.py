@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from claire import ClaireError, causal
 
 SOURCES = ("causal",)
+CONFIG = Path(__file__).parents[1] / "conf" / "generate.yaml"
 
 
 def shape(edges: list[list[str]]) -> str:
