@@ -1,0 +1,89 @@
+"""Paired comparison of two models on the same items: accuracy difference with a bootstrap CI, and McNemar.
+
+    python -m claire.stats BASE_SAMPLES.jsonl TUNED_SAMPLES.jsonl [--metric acc] [--by rung]
+reads lm-eval's per-item logs (`--log_samples`) and prints the comparison, overall and per group.
+"""
+
+import argparse
+import json
+import math
+import random
+from pathlib import Path
+
+
+def mcnemar_p(base: list[float], tuned: list[float]) -> float:
+    """Exact two-sided McNemar p-value: a binomial test on the items only one of the two got right."""
+    only_tuned = sum(b < t for b, t in zip(base, tuned, strict=True))
+    only_base = sum(b > t for b, t in zip(base, tuned, strict=True))
+    n = only_tuned + only_base
+    if n == 0:
+        return 1.0
+    k = min(only_tuned, only_base)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def bootstrap_ci(base: list[float], tuned: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of mean(tuned - base), resampling items (paired)."""
+    diffs = [t - b for b, t in zip(base, tuned, strict=True)]
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(rounds))
+    return means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1]
+
+
+def compare(base: list[float], tuned: list[float]) -> dict[str, float]:
+    """Both means, their difference, its 95% CI and McNemar's p-value."""
+    if len(base) != len(tuned) or not base:
+        raise ValueError(f"need the same non-empty items in both runs; got {len(base)} and {len(tuned)}")
+    low, high = bootstrap_ci(base, tuned)
+    mean_base, mean_tuned = sum(base) / len(base), sum(tuned) / len(tuned)
+    return {
+        "n": len(base),
+        "base": mean_base,
+        "tuned": mean_tuned,
+        "diff": mean_tuned - mean_base,
+        "ci_low": low,
+        "ci_high": high,
+        "p_mcnemar": mcnemar_p(base, tuned),
+    }
+
+
+def read_samples(path: Path) -> dict[int, dict]:
+    """lm-eval's per-item log, by doc_id."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["doc_id"]: row for row in rows}
+
+
+def paired(base: dict[int, dict], tuned: dict[int, dict], metric: str, by: str | None) -> dict[str, dict]:
+    """compare() overall and per value of doc[by], on the items both runs scored."""
+    ids = sorted(set(base) & set(tuned))
+    groups: dict[str, list[int]] = {"all": ids}
+    if by:
+        for i in ids:
+            groups.setdefault(f"{by}={base[i]['doc'][by]}", []).append(i)
+    return {
+        name: compare([float(base[i][metric]) for i in items], [float(tuned[i][metric]) for i in items])
+        for name, items in groups.items()
+    }
+
+
+def main() -> None:
+    """Print the paired comparison of two lm-eval sample logs."""
+    parser = argparse.ArgumentParser(description="Paired comparison of two lm-eval sample logs.")
+    parser.add_argument("base", type=Path)
+    parser.add_argument("tuned", type=Path)
+    parser.add_argument("--metric", default="acc")
+    parser.add_argument("--by", default=None, help="a doc field to break the comparison down by, e.g. rung")
+    opts = parser.parse_args()
+    table = paired(read_samples(opts.base), read_samples(opts.tuned), opts.metric, opts.by)
+    print(f"| group | n | base {opts.metric} | tuned | diff [95% CI] | McNemar p |")
+    print("|---|---|---|---|---|---|")
+    for name, r in table.items():
+        print(
+            f"| {name} | {r['n']} | {r['base']:.3f} | {r['tuned']:.3f} | "
+            f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_mcnemar']:.3g} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
