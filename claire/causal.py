@@ -99,6 +99,34 @@ def path(source: str, target: str, edges: list[Edge]) -> list[str] | None:
     return routes.get(target)
 
 
+# Reference reasoning is spelled out one copyable step at a time ("Into X: A -> X, B -> X."): a small model
+# trained on bare conclusions ("The arrows into X start at A") learned the format but guessed the conclusion.
+def arrows_into(node: str, edges: list[Edge]) -> str:
+    """'Into X: A -> X, B -> X.' (or 'Into X: none.'), the graph's lines that end at node."""
+    return f"Into {node}: {', '.join(f'{a} -> {node}' for a in parents(node, edges)) or 'none'}."
+
+
+def arrows_out_of(node: str, edges: list[Edge]) -> str:
+    """'Out of X: X -> A, X -> B.' (or 'Out of X: none.'), the graph's lines that start at node."""
+    return f"Out of {node}: {', '.join(f'{node} -> {b}' for b in children(node, edges)) or 'none'}."
+
+
+def walk(node: str, edges: list[Edge], back: bool) -> list[str]:
+    """A breadth-first search written out: one 'Into V' (or 'Out of V') line per variable reached, then the set."""
+    step, next_of = (arrows_into, parents) if back else (arrows_out_of, children)
+    lines, found, queue = [], [], [node]
+    while queue:
+        current = queue.pop(0)
+        lines.append(step(current, edges))
+        for other in next_of(current, edges):
+            if other not in found and other != node:
+                found.append(other)
+                queue.append(other)
+    direction = "back" if back else "forward"
+    lines.append(f"Reached {direction} from {node}: {listed(sorted(found))}.")
+    return lines
+
+
 def describe(names: list[str], edges: list[Edge]) -> str:
     """The graph in words, as the question states it."""
     links = "; ".join(f"{a} causes {b}" for a, b in edges)
@@ -109,7 +137,7 @@ def direct_causes(rng: random.Random, names: list[str], edges: list[Edge]) -> tu
     """Which variables directly cause X?"""
     x = rng.choice([n for n in names if parents(n, edges)])
     found = parents(x, edges)
-    reasoning = f"The arrows into {x} start at {' and '.join(found)}."
+    reasoning = f"{arrows_into(x, edges)}\nThe direct causes of {x} are {', '.join(found)}."
     return f"Which variables directly cause {x}?", reasoning, ", ".join(found)
 
 
@@ -119,7 +147,8 @@ def root_cause(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple
     up = ancestors(x, edges)
     roots = [a for a in up if not parents(a, edges)]
     verb = "has" if len(roots) == 1 else "have"
-    reasoning = f"The ancestors of {x} are {', '.join(up)}; of these, {' and '.join(roots)} {verb} no incoming arrow."
+    reasoning = "\n".join(walk(x, edges, back=True))
+    reasoning += f"\nOf these, {' and '.join(roots)} {verb} no incoming arrow."
     question = f"Which variables are root causes of {x}, that is, ancestors of {x} with no causes of their own?"
     return question, reasoning, ", ".join(roots)
 
@@ -137,6 +166,7 @@ def intervention(rng: random.Random, names: list[str], edges: list[Edge], want: 
         )
     else:
         reasoning = f"No directed path leads from {x} to {y}, so setting {x} cannot reach {y}."
+    reasoning = "\n".join([*walk(x, edges, back=False), reasoning])
     question = f"If we intervene and set {x} to a new value (do({x})), can that change {y}? Answer yes or no."
     return question, reasoning, "yes" if route else "no"
 
@@ -153,9 +183,7 @@ def confounder(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple
         return None
     x, y = rng.choice(pairs)
     (z,) = set(parents(x, edges)) & set(parents(y, edges))
-    reasoning = (
-        f"{x} is caused by {', '.join(parents(x, edges))}; {y} by {', '.join(parents(y, edges))}; only {z} is in both."
-    )
+    reasoning = f"{arrows_into(x, edges)}\n{arrows_into(y, edges)}\nOnly {z} has an arrow into both."
     question = f"Which variable is a common cause (a confounder) of {x} and {y}, directly causing both?"
     return question, reasoning, z
 
@@ -169,7 +197,7 @@ def ancestors_query(rng: random.Random, names: list[str], edges: list[Edge]) -> 
     """Which variables cause X, directly or through others?"""
     x = rng.choice([n for n in names if ancestors(n, edges)])
     found = ancestors(x, edges)
-    reasoning = f"Following the arrows back from {x} reaches {', '.join(found)}."
+    reasoning = "\n".join(walk(x, edges, back=True))
     return f"Which variables cause {x}, directly or through other variables?", reasoning, listed(found)
 
 
@@ -177,7 +205,7 @@ def descendants_query(rng: random.Random, names: list[str], edges: list[Edge]) -
     """Which variables does X affect, directly or through others?"""
     x = rng.choice([n for n in names if children(n, edges)])
     found = descendants(x, edges)
-    reasoning = f"Following the arrows forward from {x} reaches {', '.join(found)}."
+    reasoning = "\n".join(walk(x, edges, back=False))
     return f"Which variables are affected by {x}, directly or through other variables?", reasoning, listed(found)
 
 
@@ -189,10 +217,11 @@ def direct_or_indirect(
     if not pairs:
         return None
     x, y = rng.choice(sorted(pairs))
+    step = arrows_out_of(x, edges)
     if want_direct:
-        reasoning = f"There is an arrow {x} -> {y}, so {x} causes {y} without any variable in between."
+        reasoning = f"{step}\nThere is an arrow {x} -> {y}, so {x} causes {y} without any variable in between."
     else:
-        reasoning = f"There is no arrow {x} -> {y}; {x} acts through the path {' -> '.join(path(x, y, edges))}."
+        reasoning = f"{step}\nThere is no arrow {x} -> {y}; {x} acts through the path {' -> '.join(path(x, y, edges))}."
     question = f"Is {x} a direct cause of {y} or only an indirect one? Answer direct or indirect."
     return question, reasoning, "direct" if want_direct else "indirect"
 
@@ -206,9 +235,8 @@ def mediators(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple[
         return None
     x, y = rng.choice(pairs)
     between = sorted(set(descendants(x, edges)) & set(ancestors(y, edges)))
-    reasoning = (
-        f"Forward from {x} the arrows reach {', '.join(descendants(x, edges))}; back from {y} they reach "
-        f"{', '.join(ancestors(y, edges))}; the variables in both lie between them."
+    reasoning = "\n".join(
+        [*walk(x, edges, back=False), *walk(y, edges, back=True), f"Reached both ways: {listed(between)}."]
     )
     question = f"Which variables mediate the effect of {x} on {y}, lying on a directed path from {x} to {y}?"
     return question, reasoning, listed(between)
@@ -223,9 +251,7 @@ def colliders(rng: random.Random, names: list[str], edges: list[Edge]) -> tuple[
         return None
     x, y = rng.choice(pairs)
     common = sorted(set(children(x, edges)) & set(children(y, edges)))
-    reasoning = (
-        f"{x} directly causes {', '.join(children(x, edges))}; {y} directly causes {', '.join(children(y, edges))}."
-    )
+    reasoning = f"{arrows_out_of(x, edges)}\n{arrows_out_of(y, edges)}\nBoth arrows reach {', '.join(common)}."
     question = f"Which variables are colliders of {x} and {y}, that is, directly caused by both?"
     return question, reasoning, listed(common)
 

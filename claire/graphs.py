@@ -21,7 +21,7 @@ BLOCK_PATTERNS = (
 ARROW = re.compile(r"\s*(-+>|→|⟶|⇒|=+>|<-+|←)\s*")
 CAUSES = re.compile(
     r"\b(?P<neg>(?:does|do|did)\s*(?:not|n't)\s+|(?:is|are|was|were)\s+not\s+|never\s+)?(?:directly\s+)?"
-    r"(?:(?P<passive>caused\s+by)|causes?|caused)\b",
+    r"(?:(?P<passive>caused\s+by)|causes?|caused)\b(?!\s+of\b)",  # "the causes of E" is a noun, not an edge
     re.IGNORECASE,
 )
 NEGATION = re.compile(r"\b(?:no|not|never|without)\b|n't\b", re.IGNORECASE)  # "there is no arrow H -> A"

@@ -145,6 +145,31 @@ def test_structure_row_is_right_by_brute_force(row):
         assert row["answer"] == ("yes" if d_separated_by_paths(x, y, given, edges) else "no")
 
 
+STEP = re.compile(r"^(Into|Out of) (\w+): (.*)\.$")
+REACHED = re.compile(r"^Reached (back|forward) from (\w+): (.*)\.$")
+
+
+@pytest.mark.parametrize("row", [*ROWS, *STRUCTURE], ids=[r["id"] for r in [*ROWS, *STRUCTURE]])
+def test_every_written_step_of_the_reasoning_is_true(row):
+    """The reference derivation a model copies: each 'Into V' / 'Out of V' line lists exactly V's arrows, and each
+    'Reached' line is the full set of ancestors or descendants (by transitive closure, not the generator's search)."""
+    edges = {tuple(e) for e in row["edges"]}
+    reach = closure(edges)
+    steps = 0
+    for line in split_trace(row["response"])["causality"].splitlines():
+        if m := STEP.match(line):
+            kind, v, listed = m.groups()
+            arrows = set() if listed == "none" else {tuple(a.split(" -> ")) for a in listed.split(", ")}
+            assert arrows == {e for e in edges if e[1 if kind == "Into" else 0] == v}, line
+            steps += 1
+        elif m := REACHED.match(line):
+            way, v, listed = m.groups()
+            found = set() if listed == "none" else set(listed.split(", "))
+            assert found == {a if way == "back" else d for a, d in reach if (d if way == "back" else a) == v}, line
+    uses_steps = {"direct_causes", "root_cause", "intervention", "confounder", "ancestors", "descendants"}
+    assert steps or row["query_type"] not in uses_steps | {"direct_or_indirect", "mediators", "colliders"}
+
+
 def test_structure_answers_are_balanced():
     for kind in ("d_separation", "direct_or_indirect"):
         answers = Counter(r["answer"] for r in STRUCTURE if r["query_type"] == kind)

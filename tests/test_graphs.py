@@ -21,6 +21,7 @@ from claire.graphs import causality_block, graph_metrics, parse_edges, score, sh
         ("A -> A", set()),  # no self loops
         ("There is no arrow H -> A; H acts through H -> G -> A", {("h", "g"), ("g", "a")}),
         ("no arrows here", set()),
+        ("The direct causes of E are A. Into E: A -> E, B -> E.", {("a", "e"), ("b", "e")}),  # "causes of" is a noun
     ],
 )
 def test_edges_from_arrows_and_sentences(text, edges):
