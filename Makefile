@@ -47,7 +47,7 @@ sample: $(STAMP)  ## regenerate the embedded sample data (deterministic)
 DEMO ?= experiments/demo-causal
 DEMO_DATA ?= data/causal-n5000-s0
 DEMO_ROWS ?= 640
-DEMO_LIMIT ?= 150
+DEMO_LIMIT ?= 100
 DEMO_DTYPE = $$($(PY) -c 'from claire.runs import if_cpu_bf16; print(if_cpu_bf16("bfloat16", "float32"))')
 DEMO_BASE = $$($(PY) -c 'import json; print(json.load(open("$(DEMO)/train/adapter/adapter_config.json"))["base_model_name_or_path"])')
 LM_EVAL = $(VENV)/bin/lm_eval --model hf --apply_chat_template --include_path claire/tasks --tasks claire_causal \
