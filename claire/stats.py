@@ -75,8 +75,9 @@ def main() -> None:
     parser.add_argument("--metric", default="acc")
     parser.add_argument("--by", default=None, help="a doc field to break the comparison down by, e.g. rung")
     opts = parser.parse_args()
-    table = paired(read_samples(opts.base), read_samples(opts.tuned), opts.metric, opts.by)
-    values = {float(row[opts.metric]) for row in read_samples(opts.base).values()}
+    base = read_samples(opts.base)
+    table = paired(base, read_samples(opts.tuned), opts.metric, opts.by)
+    values = {float(row[opts.metric]) for row in base.values()}
     # exact McNemar is the sign test on the items that differ; on a graded metric (graph_f1) call it that
     test = "McNemar p" if values <= {0.0, 1.0} else "sign test p"
     print(f"| group | n | base {opts.metric} | tuned | diff [95% CI] | {test} |")
