@@ -49,3 +49,57 @@ def _names(text: str) -> set[str]:
         return set()
     parts = re.split(r"\s*(?:,|\band\b|;)\s*", text)
     return {p.strip() for p in parts if p.strip()}
+
+
+BOXED = re.compile(r"\\boxed\s*\{")
+LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\ |\$|\^\{?\\circ\}?|\\%|%|\s+")
+FRACTION = re.compile(r"^\\[dt]?frac\{(-?\d+)\}\{(\d+)\}$|^(-?\d+)/(\d+)$")
+CHOICE = re.compile(r"^(?:[Oo]ption\s+)?\(?([A-Da-d])\)?(?=$|[\s.:),])")
+
+
+def unbox(text: str) -> str:
+    """The content of the last \\boxed{...} (braces balanced), else the text itself."""
+    starts = [m.end() for m in BOXED.finditer(text)]
+    if not starts:
+        return text
+    depth, start = 1, starts[-1]
+    for i, char in enumerate(text[start:], start):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth == 0:
+            return text[start:i]
+    return text[start:]
+
+
+def _as_number(text: str) -> float | None:
+    """'1,234', '$18.00', '\\frac{3}{4}', '-3/4', '50%' as a number, else None."""
+    text = LATEX_NOISE.sub("", re.sub(r"\\text\{([^}]*)\}", r"\1", text.replace(",", ""))).strip(".")
+    fraction = FRACTION.match(text)
+    if fraction:
+        num, den = (int(g) for g in fraction.groups() if g is not None)
+        return num / den if den else None
+    return float(text) if NUMBER.fullmatch(text) else None
+
+
+def answer_matches(answer: str, gold: str, kind: str) -> bool:
+    """Whether a final answer equals the gold: kind 'number', 'choice' (a letter), 'math' or 'causal'."""
+    if kind == "causal":
+        return causal_correct(answer, gold)
+    text = unbox(final_answer(answer)).strip()
+    if kind == "choice":
+        found = CHOICE.match(text)
+        return bool(found) and found.group(1).upper() == gold.strip().upper()
+    if kind == "number":
+        numbers = NUMBER.findall(LATEX_NOISE.sub("", text.replace(",", "")))
+        value = _as_number(gold)
+        return bool(numbers) and value is not None and abs(float(numbers[0]) - value) <= 1e-6 * max(1.0, abs(value))
+    mine, theirs = _as_number(text), _as_number(unbox(gold))
+    if mine is not None and theirs is not None:
+        return abs(mine - theirs) <= 1e-6 * max(1.0, abs(theirs))
+    return _normal(text) == _normal(unbox(gold))
+
+
+def _normal(expression: str) -> str:
+    """A LaTeX expression with spacing, sizing and fraction-style noise removed, for string comparison."""
+    expression = re.sub(r"\\[dt]frac", r"\\frac", expression)
+    expression = re.sub(r"\\text\{([^}]*)\}", r"\1", expression)
+    return LATEX_NOISE.sub("", expression).strip(".").lower()

@@ -26,6 +26,12 @@ def compose_train(*overrides: str) -> DictConfig:
         return compose("train", overrides=list(overrides))
 
 
+def compose_generate(*overrides: str) -> DictConfig:
+    """conf/generate.yaml composed with overrides, as `python -m claire.generate` would."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("generate", overrides=list(overrides))
+
+
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The embedded SmolLM2 converted once from its GGUF file (cached under ~/.cache/claire)."""

@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF, ROOT, compose_train
+from conftest import CONF, ROOT, compose_generate, compose_train
 
-from claire import ClaireError, checks, runs
+from claire import ClaireError, checks, generate, runs
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+GENERATE_GROUPS = {"source", "mix", "prompt", "api"}  # groups of conf/generate.yaml; the rest belong to train
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in {"hydra", *GENERATE_GROUPS})
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+GENERATE_OPTIONS = [(g, f.stem) for g in sorted(GENERATE_GROUPS) for f in sorted((CONF / g).glob("*.yaml"))]
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -20,6 +22,26 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "claire.train", *args], capture_output=True, text=True, cwd=ROOT, env=full_env
     )
+
+
+@pytest.mark.parametrize(("group", "option"), GENERATE_OPTIONS)
+def test_each_generate_option_composes_and_passes_checks(group, option, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cfg = compose_generate(f"{group}={option}", f"out={tmp_path}")
+    if cfg.source == "causal":
+        generate.check(cfg)
+    else:
+        assert generate.check_api(cfg) is not None  # every teacher has a price (0 for local servers)
+        assert sum(generate.allocate(cfg.mix.train + cfg.mix.eval, dict(cfg.mix.weights), {}.fromkeys(
+            cfg.mix.weights, 10**6)).values()) == cfg.mix.train + cfg.mix.eval  # fmt: skip
+
+
+def test_generate_defaults_are_the_reports_method():
+    cfg = compose_generate()
+    assert (cfg.source, cfg.api.model, cfg.mix.train, cfg.mix.eval) == ("api", "gpt-4.1", 12105, 1214)
+    assert compose_generate("mix=v1").mix.train == 4323 and compose_generate("mix=v1").out == "data/claire-v1"
+    assert set(cfg.sources) == {"gsm8k", "gpqa", "numina-math", "olympic-arena", "aime", "causal"}
+    assert all(cfg.sources[name].split != "test" for name in cfg.sources)  # only training splits are drawn
 
 
 def test_every_group_has_options():

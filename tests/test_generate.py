@@ -16,7 +16,7 @@ from claire.generate import run, shape
 
 def compose_generate(*overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("generate", overrides=list(overrides))
+        return compose("generate", overrides=["source=causal", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,6 @@ def test_shape_ignores_labels():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("source=web", "source=web is not a source; choose one of ['causal']"),
         ("n=0", "n=0 must be a whole number above 0"),
         ("queries=rung9", "queries=rung9 is not a query set; choose one of"),
         ("verbalisation=pirate", "verbalisation=pirate is not known; choose one of"),
@@ -79,8 +78,19 @@ def test_bad_parameters(override, message, tmp_path):
 def test_cli_never_overwrites(generated):
     before = json.loads((generated / "dataset_dict.json").read_text())
     done = subprocess.run(
-        [sys.executable, "-m", "claire.generate", "n=10", f"out={generated}"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "claire.generate", "source=causal", "n=10", f"out={generated}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert done.returncode == 1 and "already holds a dataset" in done.stderr
     assert json.loads((generated / "dataset_dict.json").read_text()) == before
     assert len(datasets.load_from_disk(str(generated))["train"]) > 800
+
+
+def test_an_unknown_source_lists_the_sources():
+    done = subprocess.run(
+        [sys.executable, "-m", "claire.generate", "source=web"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 1 and "Could not find 'source/web'" in done.stderr
+    assert "api" in done.stderr and "causal" in done.stderr

@@ -1,0 +1,514 @@
+"""Ask an OpenAI-compatible model for traces; every answer lands in an append-only ledger the moment it arrives.
+
+The ledger (ledger.jsonl in the output folder) is the only state. Each response is appended, flushed and fsynced
+as soon as it arrives, keyed by (source, id, prompt version, model, sample). A rerun reads it back and asks only
+for what is missing, so a run killed at any moment loses at most the requests that were still in flight.
+Rejection sampling: a question is asked again (next sample, next seed) until one trace passes the judge or
+`tries` samples are spent; a question that never passes is replaced by the next one of its source.
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import openai
+from tqdm.auto import tqdm
+
+from claire import ClaireError
+
+FATAL = (
+    openai.AuthenticationError,
+    openai.PermissionDeniedError,
+    openai.NotFoundError,
+    openai.BadRequestError,
+    openai.UnprocessableEntityError,
+)
+TERMINAL_BATCH = ("completed", "failed", "expired", "cancelled")
+
+
+def request_key(row: dict, prompt_version: str, model: str, sample: int) -> str:
+    """The ledger key (and Batch API custom_id) of one request."""
+    return json.dumps([row["source"], row["id"], prompt_version, model, sample])
+
+
+class Ledger:
+    """Append-only JSONL of responses, fsynced per line; a torn last line (killed mid-write) is cut off on open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict] = {}
+        data = path.read_bytes() if path.exists() else b""
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            with path.open("r+b") as torn:
+                torn.truncate(complete)
+        for line in data[:complete].splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                self.entries[entry["key"]] = entry
+        self.file = path.open("a", encoding="utf-8")
+
+    def append(self, entry: dict) -> bool:
+        """Record one response durably; False when its key is already recorded (nothing is written twice)."""
+        if entry["key"] in self.entries:
+            return False
+        self.file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.entries[entry["key"]] = entry
+        return True
+
+    def cost(self) -> float:
+        """Dollars spent on everything recorded."""
+        return sum(entry.get("cost_usd", 0.0) for entry in self.entries.values())
+
+    def close(self) -> None:
+        """Close the file."""
+        self.file.close()
+
+
+def price_of(model: str, prices: dict) -> dict | None:
+    """The price row of a model: an exact name, else the longest prefix (dated snapshots like gpt-4.1-2025-04-14)."""
+    if model in prices:
+        return prices[model]
+    matches = [name for name in prices if model.startswith(name)]
+    return prices[max(matches, key=len)] if matches else None
+
+
+def cost_usd(tokens_in: int, tokens_out: int, price: dict | None, discount: float = 1.0) -> float:
+    """Dollars for one request; the table is in dollars per million tokens."""
+    if price is None:
+        return 0.0
+    return (tokens_in * price["input"] + tokens_out * price["output"]) * discount / 1e6
+
+
+def estimate_tokens(messages: list[dict]) -> int:
+    """A cheap upper-ish estimate of prompt tokens (4 characters a token, plus per-message overhead)."""
+    return sum(len(m["content"]) // 4 + 8 for m in messages)
+
+
+class Pacer:
+    """Spaces requests under requests/min and tokens/min limits: the openai client retries 429s but never paces."""
+
+    def __init__(self, rpm: int | None, tpm: int | None) -> None:
+        self.interval = 60.0 / rpm if rpm else 0.0
+        self.tpm = tpm
+        self.tokens = float(tpm or 0)
+        self.next_slot = 0.0
+        self.updated = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.tpm, self.tokens + (now - self.updated) * self.tpm / 60.0)
+        self.updated = now
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait for a request slot and for `tokens` of the per-minute token budget (first come, first served)."""
+        async with self.lock:
+            wait = max(0.0, self.next_slot - time.monotonic())
+            if self.tpm:
+                tokens = min(tokens, self.tpm)
+                self._refill()
+                wait = max(wait, (tokens - self.tokens) * 60.0 / self.tpm)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.next_slot = max(time.monotonic(), self.next_slot) + self.interval
+            if self.tpm:
+                self._refill()
+                self.tokens -= tokens
+
+    def refund(self, tokens: int) -> None:
+        """Give back tokens reserved but not used (the estimate counts max_tokens in full)."""
+        if self.tpm and tokens > 0:
+            self._refill()
+            self.tokens = min(self.tpm, self.tokens + tokens)
+
+
+@dataclass
+class Budget:
+    """A dollar cap: a request starts only if its worst case still fits under the cap."""
+
+    limit: float | None
+    spent: float
+    reserved: float = 0.0
+
+    def reserve(self, worst: float) -> bool:
+        """Hold the worst-case cost of a request; False when it could cross the cap."""
+        if self.limit is not None and self.spent + self.reserved + worst > self.limit:
+            return False
+        self.reserved += worst
+        return True
+
+    def settle(self, worst: float, actual: float) -> None:
+        """Replace a reservation by what the request really cost."""
+        self.reserved -= worst
+        self.spent += actual
+
+
+@dataclass
+class Job:
+    """What to ask: question candidates per source in draw order, how many rows each source must yield, and how."""
+
+    candidates: dict[str, list[dict]]
+    quotas: dict[str, int]
+    prompt: dict  # version, hash, system, user (with {question})
+    api: Any  # the api config node
+    price: dict | None
+    budget: float | None
+    tries: int
+    judge: Callable[[dict, dict], str]  # (question row, ledger entry) -> "ok" or the rejection reason
+
+
+@dataclass
+class Outcome:
+    """What a run achieved: accepted questions per source, and why the rest did not make it."""
+
+    accepted: Counter = field(default_factory=Counter)
+    rejections: Counter = field(default_factory=Counter)
+    failures: Counter = field(default_factory=Counter)
+    requests: int = 0
+    stopped: str | None = None
+
+
+class Teacher:
+    """Runs a Job against the API, online (concurrent, paced) or through the Batch API, recording into a Ledger."""
+
+    def __init__(self, job: Job, ledger: Ledger, client: Any, progress: bool = True) -> None:
+        self.job, self.ledger, self.client = job, ledger, client
+        self.outcome = Outcome()
+        self.rows = {(row["source"], row["id"]): row for rows in job.candidates.values() for row in rows}
+        self.budget = Budget(job.budget, ledger.cost())
+        self.pacer = Pacer(job.api.rpm, job.api.tpm)
+        self.consecutive_failures = 0
+        self.progress = tqdm(
+            total=sum(job.quotas.values()), unit="row", desc="claire.generate", disable=not progress, mininterval=1.0
+        )
+
+    # -- requests ---------------------------------------------------------------------------------------------
+    def messages(self, row: dict) -> list[dict]:
+        """The chat messages of one question under the prompt."""
+        system = self.job.prompt.get("system")
+        user = self.job.prompt["user"].replace("{question}", row["question"])
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+    def body(self, row: dict, sample: int) -> dict:
+        """The chat-completions request body of one sample (its seed is the config seed plus the sample index)."""
+        api = self.job.api
+        body = {"model": api.model, "messages": self.messages(row), "temperature": api.temperature}
+        body |= {"max_tokens": api.max_tokens, "seed": api.seed + sample}
+        return body | dict(api.extra_body or {})
+
+    def key(self, row: dict, sample: int) -> str:
+        return request_key(row, self.job.prompt["version"], self.job.api.model, sample)
+
+    def entry(self, row: dict, sample: int, completion: dict, mode: str) -> dict:
+        """The ledger entry of one chat.completion object."""
+        choice, usage = completion["choices"][0], completion.get("usage") or {}
+        tokens_in, tokens_out = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        discount = self.job.api.batch_discount if mode == "batch" else 1.0
+        return {
+            "key": self.key(row, sample),
+            "source": row["source"],
+            "id": row["id"],
+            "prompt_version": self.job.prompt["version"],
+            "prompt_hash": self.job.prompt["hash"],
+            "model": self.job.api.model,
+            "sample": sample,
+            "served_model": completion.get("model"),
+            "content": choice["message"].get("content") or "",
+            "finish_reason": choice.get("finish_reason"),
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "cost_usd": cost_usd(tokens_in, tokens_out, self.job.price, discount),
+            "mode": mode,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def worst_case(self, row: dict, discount: float = 1.0) -> tuple[int, float]:
+        """Estimated tokens (prompt + max_tokens) and the most one request can cost."""
+        prompt_tokens = estimate_tokens(self.messages(row))
+        worst = cost_usd(prompt_tokens, self.job.api.max_tokens, self.job.price, discount)
+        return prompt_tokens + self.job.api.max_tokens, worst
+
+    def record(self, row: dict, sample: int, completion: dict, mode: str) -> dict:
+        """Write one response to the ledger and return its entry."""
+        entry = self.entry(row, sample, completion, mode)
+        if self.ledger.append(entry):
+            self.budget.spent += entry["cost_usd"]
+            self.outcome.requests += 1
+        self.progress.set_postfix(cost=f"${self.budget.spent:.2f}", rejected=sum(self.outcome.rejections.values()))
+        return entry
+
+    # -- online -----------------------------------------------------------------------------------------------
+    async def ask(self, row: dict, sample: int) -> dict | None:
+        """One paced, budgeted request; its entry, or None when it failed or the budget is spent."""
+        tokens, worst = self.worst_case(row)
+        if not self.budget.reserve(worst):
+            self.outcome.stopped = self.outcome.stopped or "budget"
+            return None
+        await self.pacer.acquire(tokens)
+        try:
+            response = await self.client.chat.completions.create(**self.request_args(row, sample))
+        except FATAL as error:
+            raise ClaireError(f"the API refused the request ({describe(error)}); check api.* in the config") from None
+        except openai.APIError as error:  # the client's own retries (429, 5xx, timeouts) are spent
+            self.fail(error)
+            return None
+        finally:
+            self.budget.settle(worst, 0.0)
+        self.consecutive_failures = 0
+        entry = self.record(row, sample, response.model_dump(), "online")
+        self.pacer.refund(tokens - entry["tokens_in"] - entry["tokens_out"])
+        return entry
+
+    def request_args(self, row: dict, sample: int) -> dict:
+        """The body as openai client arguments: parameters it does not know travel in extra_body."""
+        body = self.body(row, sample)
+        known = {k: body.pop(k) for k in ("model", "messages", "temperature", "max_tokens", "seed")}
+        return known | ({"extra_body": body} if body else {})
+
+    def fail(self, error: Exception) -> None:
+        """Count a request that failed after the client's retries; stop after too many in a row."""
+        self.outcome.failures[describe(error)] += 1
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= self.job.api.max_consecutive_failures:
+            self.outcome.stopped = f"{self.consecutive_failures} failed requests in a row (last: {describe(error)})"
+
+    async def question(self, row: dict) -> str:
+        """Sample a question until a trace passes: 'accepted', 'rejected' (all tries spent) or 'unfinished'."""
+        for sample in range(self.job.tries):
+            entry = self.ledger.entries.get(self.key(row, sample))
+            if entry is None:
+                if self.outcome.stopped:
+                    return "unfinished"
+                entry = await self.ask(row, sample)
+                if entry is None:
+                    return "unfinished"
+            verdict = self.job.judge(row, entry)
+            if verdict == "ok":
+                return "accepted"
+            self.outcome.rejections[verdict] += 1
+        return "rejected"
+
+    async def run_online(self) -> Outcome:
+        """Ask concurrently, pacing requests, until every source has its quota or runs out of questions."""
+        cursor = Counter()
+        active: dict[asyncio.Task, str] = {}
+        unfinished = Counter()
+        while True:
+            while len(active) < self.job.api.max_concurrency and not self.outcome.stopped:
+                source = self.next_source(cursor, Counter(active.values()), unfinished)
+                if source is None:
+                    break
+                row = self.job.candidates[source][cursor[source]]
+                cursor[source] += 1
+                active[asyncio.create_task(self.question(row))] = source
+            if not active:
+                break
+            done, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                source = active.pop(task)
+                result = task.result()
+                if result == "accepted":
+                    self.outcome.accepted[source] += 1
+                    self.progress.update()
+                elif result == "unfinished":
+                    unfinished[source] += 1
+        self.progress.close()
+        return self.outcome
+
+    def next_source(self, cursor: Counter, running: Counter, unfinished: Counter) -> str | None:
+        """The source furthest behind its quota that still has questions, or None."""
+        open_sources = [
+            s
+            for s, quota in self.job.quotas.items()
+            if self.outcome.accepted[s] + running[s] + unfinished[s] < quota and cursor[s] < len(self.job.candidates[s])
+        ]
+        if not open_sources:
+            return None
+        return min(open_sources, key=lambda s: (self.outcome.accepted[s] + running[s]) / self.job.quotas[s])
+
+    # -- Batch API --------------------------------------------------------------------------------------------
+    async def run_batch(self, state_path: Path, tag: str) -> Outcome:
+        """Rounds of build / submit / poll / collect until every quota is met; resumable from the state file."""
+        state = BatchState(state_path)
+        await self.adopt_unrecorded(state, tag)
+        for _round in range(self.job.api.max_batch_rounds):
+            for batch_id in state.open_batches():
+                await self.collect(state, batch_id)
+            lines = self.plan_batch()
+            if not lines or self.outcome.stopped:
+                break
+            await self.submit(state, lines, tag)
+        self.outcome.accepted, self.outcome.rejections = self.tally()
+        self.progress.close()
+        return self.outcome
+
+    def plan_batch(self) -> list[dict]:
+        """The next sample of every question a source still needs, walking candidates in draw order, within budget."""
+        accepted, _ = self.tally()
+        self.progress.n = sum(accepted.values())
+        self.progress.refresh()
+        self.budget.reserved = 0.0  # every earlier batch is collected: nothing is in flight
+        lines = []
+        for source, quota in self.job.quotas.items():
+            needed = quota - accepted[source]
+            for row in self.job.candidates[source]:
+                if needed <= 0:
+                    break
+                state, sample = self.question_state(row)
+                if state == "accepted":
+                    continue
+                if state == "open":
+                    _, worst = self.worst_case(row, self.job.api.batch_discount)
+                    if not self.budget.reserve(worst):
+                        self.outcome.stopped = "budget"
+                        return lines
+                    lines.append({"custom_id": self.key(row, sample), "row": row, "sample": sample})
+                    needed -= 1
+        return lines
+
+    def question_state(self, row: dict) -> tuple[str, int]:
+        """From the ledger: 'accepted', 'rejected' (tries spent) or 'open' with the next sample to ask."""
+        for sample in range(self.job.tries):
+            entry = self.ledger.entries.get(self.key(row, sample))
+            if entry is None:
+                return "open", sample
+            if self.job.judge(row, entry) == "ok":
+                return "accepted", sample
+        return "rejected", self.job.tries
+
+    def tally(self) -> tuple[Counter, Counter]:
+        """Accepted questions per source and rejections per reason, from the ledger."""
+        pairs, rejections = self.accepted()
+        return Counter(row["source"] for row, _ in pairs), rejections
+
+    def accepted(self) -> tuple[list[tuple[dict, dict]], Counter]:
+        """The first passing trace of each question, up to each quota in draw order; rejections per reason."""
+        pairs, rejections = [], Counter()
+        for source, quota in self.job.quotas.items():
+            taken = 0
+            for row in self.job.candidates[source]:
+                if taken >= quota:
+                    break
+                for sample in range(self.job.tries):
+                    entry = self.ledger.entries.get(self.key(row, sample))
+                    if entry is None:
+                        break
+                    verdict = self.job.judge(row, entry)
+                    if verdict == "ok":
+                        pairs.append((row, entry))
+                        taken += 1
+                        break
+                    rejections[verdict] += 1
+        return pairs, rejections
+
+    async def submit(self, state: "BatchState", lines: list[dict], tag: str) -> None:
+        """Upload a batch file, create the batch, and record it before anything else can go wrong."""
+        body = "".join(
+            json.dumps(
+                {
+                    "custom_id": line["custom_id"],
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": self.body(line["row"], line["sample"]),
+                }
+            )
+            + "\n"
+            for line in lines
+        ).encode()
+        name = f"claire-{tag}-{hashlib.sha256(body).hexdigest()[:12]}.jsonl"
+        try:
+            upload = await self.client.files.create(file=(name, body), purpose="batch")
+            batch = await self.client.batches.create(
+                input_file_id=upload.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata={"claire_run": tag},
+            )
+        except FATAL as error:
+            raise ClaireError(f"the Batch API refused the batch ({describe(error)}); check api.* settings") from None
+        state.add(batch.id, [line["custom_id"] for line in lines])
+        print(f"claire.generate: submitted batch {batch.id} with {len(lines)} requests")
+
+    async def adopt_unrecorded(self, state: "BatchState", tag: str) -> None:
+        """Find batches of this run created just before a kill, before the state file could record them."""
+        async for batch in self.client.batches.list(limit=100):
+            if (batch.metadata or {}).get("claire_run") == tag and batch.id not in state.batches:
+                state.add(batch.id, [])
+
+    async def collect(self, state: "BatchState", batch_id: str) -> None:
+        """Poll a batch until it ends, then move its results into the ledger."""
+        while True:
+            batch = await self.client.batches.retrieve(batch_id)
+            if batch.status in TERMINAL_BATCH:
+                break
+            done = batch.request_counts.completed if batch.request_counts else 0
+            self.progress.set_postfix(batch=batch.id, status=batch.status, done=done)
+            await asyncio.sleep(self.job.api.poll_seconds)
+        if batch.output_file_id:
+            content = await self.client.files.content(batch.output_file_id)
+            for line in content.text.splitlines():
+                self.collect_line(json.loads(line))
+        if batch.status != "completed":
+            self.outcome.failures[f"batch {batch.status}"] += 1
+        state.close_batch(batch_id)
+
+    def collect_line(self, line: dict) -> None:
+        """One Batch API output line into the ledger (failed lines stay unrecorded and are asked again)."""
+        response = line.get("response") or {}
+        if response.get("status_code") != 200:
+            self.outcome.failures[f"batch line {response.get('status_code') or 'error'}"] += 1
+            return
+        source, question_id, _version, _model, sample = json.loads(line["custom_id"])
+        row = self.rows.get((source, question_id))
+        if row is not None:
+            self.record(row, sample, response["body"], "batch")
+
+
+class BatchState:
+    """batches.jsonl: every batch this run submitted and whether its results are in the ledger (fsynced)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.batches: dict[str, bool] = {}
+        for line in path.read_text().splitlines() if path.exists() else []:
+            if line.strip():
+                record = json.loads(line)
+                self.batches[record["batch"]] = self.batches.get(record["batch"], False) or record["collected"]
+
+    def _write(self, record: dict) -> None:
+        with self.path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+    def add(self, batch_id: str, custom_ids: list[str]) -> None:
+        """Record a submitted batch."""
+        self._write({"batch": batch_id, "collected": False, "requests": len(custom_ids)})
+        self.batches[batch_id] = False
+
+    def close_batch(self, batch_id: str) -> None:
+        """Record that a batch's results are in the ledger."""
+        self._write({"batch": batch_id, "collected": True})
+        self.batches[batch_id] = True
+
+    def open_batches(self) -> list[str]:
+        """Batches submitted and not yet collected."""
+        return [batch for batch, collected in self.batches.items() if not collected]
+
+
+def describe(error: Exception) -> str:
+    """A short description of an API error: its type and status, and the first line of its message."""
+    status = getattr(error, "status_code", None)
+    message = str(getattr(error, "message", "") or error).strip().splitlines()
+    return f"{type(error).__name__}{f' {status}' if status else ''}: {message[0][:120] if message else ''}".strip()
