@@ -9,7 +9,7 @@ ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup train test test-fast lint format bench-train sample demo-causal clean-venv
+.PHONY: setup train test test-fast lint format bench-train bench-generate sample demo-causal clean-venv
 
 setup: $(STAMP)
 
@@ -38,6 +38,9 @@ format: $(STAMP)
 
 bench-train: $(STAMP)  ## claire.train vs a plain trl script: non-padding tokens/s and peak memory, side by side
 	$(PY) benchmarks/bench_train.py $(ARGS)
+
+bench-generate: $(STAMP)  ## teacher throughput under a rate limit (scripted server): share of the limit vs one at a time
+	$(PY) benchmarks/bench_generate.py $(ARGS)
 
 sample: $(STAMP)  ## regenerate the embedded sample data (deterministic)
 	$(PY) -m claire.causal

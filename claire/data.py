@@ -100,8 +100,10 @@ def _first(rows: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     return rows if limit is None or limit >= len(rows) else rows.select(range(limit))
 
 
-def _load_any(path: str, config_name: str | None) -> dict[str, datasets.Dataset]:
-    """Load a dataset from wherever `path` points; one-line error if nothing is there."""
+def _load_any(
+    path: str, config_name: str | None, setting: str = "data.path", how: str = HOW_TO_POINT
+) -> dict[str, datasets.Dataset]:
+    """Load a dataset from wherever `path` points; one-line error naming `setting` if nothing is there."""
     if path.startswith("claire:"):
         path = str(PACKAGE_DATA / f"{path.removeprefix('claire:')}.jsonl")
     local = Path(path)
@@ -117,8 +119,8 @@ def _load_any(path: str, config_name: str | None) -> dict[str, datasets.Dataset]
     except (FileNotFoundError, ValueError, KeyError, ConnectionError, OSError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = "" if local.exists() else "is no local file or folder, and "
-        raise ClaireError(f"data.path={path} {where}could not be loaded ({reason}); {HOW_TO_POINT}") from error
-    raise ClaireError(f"data.path={path} does not exist; {HOW_TO_POINT}")
+        raise ClaireError(f"{setting}={path} {where}could not be loaded ({reason}); {how}") from error
+    raise ClaireError(f"{setting}={path} does not exist; {how}")
 
 
 def prepare_split(rows: datasets.Dataset, data: DictConfig, markers: str) -> tuple[datasets.Dataset, Counter]:

@@ -8,6 +8,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from claire import ClaireError, causal, data, runs, sources, teacher, verify
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("api", "causal")
 CAUSAL_KEYS = (
@@ -252,7 +255,15 @@ def run_api(cfg: DictConfig) -> Path:
         ledger.close()
     pairs, rejections = engine.accepted()
     stop_if_unfinished(engine, len(pairs), sum(quotas.values()))
+    if not pairs:
+        reasons = ", ".join(f"{k} {v}" for k, v in rejections.most_common()) or "no questions"
+        raise ClaireError(
+            f"no trace passed verification ({reasons}); the responses are in {ledger.path}: read a few, then "
+            "change the prompt, the teacher or verify.*"
+        )
     rows = finished_rows(pairs)
+    if len(rows) < total:
+        log.warning("only %d of %d rows: the sources ran out of questions that pass verification", len(rows), total)
     splits = split_rows(rows, cfg)
     save_dataset(splits, out, cfg)
     sizes = {name: len(part) for name, part in splits.items()}

@@ -128,15 +128,14 @@ SOURCES: dict[str, Callable[..., dict | None]] = {
 }
 
 
-def _load(label: str, path: str, config_name: str | None) -> dict:
-    """_load_any with the source named, and the terms-and-token hint for gated hub datasets."""
-    try:
-        return _load_any(path, config_name)
-    except ClaireError as error:
-        hint = ""
-        if path.startswith(GATED) and not Path(path).exists():
-            hint = f"; {path} is gated: accept its terms on https://huggingface.co/datasets/{path} and set HF_TOKEN"
-        raise ClaireError(f"{label}: {error}{hint}") from error
+def _load(setting: str, path: str, config_name: str | None) -> dict:
+    """_load_any naming the setting to change, with the terms-and-token hint for gated hub datasets."""
+    how = "point it at a hub dataset id, a local .jsonl/.parquet file or a saved dataset folder"
+    if setting.startswith("decontaminate."):
+        how += f", or set {setting.removesuffix('.path')}=null to skip that evaluation set"
+    if path.startswith(GATED) and not Path(path).exists():
+        how += f"; {path} is gated: accept its terms on https://huggingface.co/datasets/{path} and set HF_TOKEN"
+    return _load_any(path, config_name, setting, how)
 
 
 def _pick_split(label: str, path: str, loaded: dict, split: str | None) -> Any:
@@ -148,13 +147,13 @@ def _pick_split(label: str, path: str, loaded: dict, split: str | None) -> Any:
     raise ClaireError(f"{label}: {path} has no split {split!r}; it has {sorted(loaded)}: set split to one of them")
 
 
-def _read(label: str, spec: DictConfig) -> list[Any]:
+def _read(label: str, setting: str, spec: DictConfig) -> list[Any]:
     """The chosen split of every configured config of spec.path (datasets.Dataset objects)."""
     if not spec.get("path"):
         raise ClaireError(f"{label} has no path; set it to a hub dataset id, a local .jsonl/.parquet file or a folder")
     path, names = str(spec.path), spec.get("config_name")
     names = [None] if names is None or Path(path).is_file() else [names] if isinstance(names, str) else list(names)
-    return [_pick_split(label, path, _load(label, path, name), spec.get("split")) for name in names]
+    return [_pick_split(label, path, _load(setting, path, name), spec.get("split")) for name in names]
 
 
 def load_source(name: str, spec: DictConfig, seed: int) -> list[dict]:
@@ -166,7 +165,7 @@ def load_source(name: str, spec: DictConfig, seed: int) -> list[dict]:
     adapter = SOURCES[name]
     options = {k: spec[k] for k in inspect.signature(adapter).parameters if k not in ("row", "seed") and k in spec}
     rows = []
-    for part in _read(f"source {name}", spec):
+    for part in _read(f"source {name}", f"sources.{name}.path", spec):
         try:
             rows += [found for raw in part if (found := adapter(raw, seed=seed, **options)) is not None]
         except KeyError as missing:
@@ -184,7 +183,7 @@ def load_references(specs: DictConfig) -> dict[str, list[str]]:
         if spec is None:
             continue
         texts = []
-        for part in _read(f"reference {name}", spec):
+        for part in _read(f"reference {name}", f"decontaminate.{name}.path", spec):
             if spec.field not in part.column_names:
                 raise ClaireError(
                     f"reference {name}: {spec.path} has no column {spec.field!r}; columns are {part.column_names}: "

@@ -342,11 +342,14 @@ class Teacher:
         """Rounds of build / submit / poll / collect until every quota is met; resumable from the state file."""
         state = BatchState(state_path)
         await self.adopt_unrecorded(state, tag)
-        for _round in range(self.job.api.max_batch_rounds):
+        for _round in range(self.job.api.max_batch_rounds + 1):
             for batch_id in state.open_batches():
                 await self.collect(state, batch_id)
             lines = self.plan_batch()
             if not lines or self.outcome.stopped:
+                break
+            if _round == self.job.api.max_batch_rounds:
+                self.outcome.stopped = f"api.max_batch_rounds={_round} rounds did not finish it"
                 break
             await self.submit(state, lines, tag)
         self.outcome.accepted, self.outcome.rejections = self.tally()

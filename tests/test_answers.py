@@ -1,9 +1,11 @@
-"""Final answers read from Claire-format, decoded and plain outputs, and judged against causal golds."""
+"""Final answers read from Claire-format, decoded and plain outputs, judged against golds; teacher traces judged."""
 
 import pytest
+from omegaconf import OmegaConf
 
-from claire.answers import causal_correct, final_answer
+from claire.answers import answer_matches, causal_correct, final_answer
 from claire.causal import generate_rows
+from claire.verify import judge
 
 
 @pytest.mark.parametrize(
@@ -52,3 +54,48 @@ def test_every_reference_trace_is_judged_right_in_every_format():
         native = response.replace("<think>", "<|im_start|>think").replace("</think>", "<|im_start|>answer")
         assert causal_correct(response, gold) and causal_correct(native + "<|im_end|>", gold), row["id"]
         assert not causal_correct(response.replace(f"is {gold}.", "is maybe."), gold), row["id"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "kind", "expected"),
+    [
+        ("The answer is $1,080.00.", "1080", "number", True),
+        ("72 apples", "72", "number", True),
+        ("73", "72", "number", False),
+        ("(B) because it is", "B", "choice", True),
+        ("Option c", "C", "choice", True),
+        ("D", "B", "choice", False),
+        ("\\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}", "math", True),
+        ("0.5", "\\frac{1}{2}", "math", True),
+        ("\\sqrt{3}", "\\sqrt{3}", "math", True),
+        ("\\sqrt{2}", "\\sqrt{3}", "math", False),
+        ("x = 2", "2", "math", False),
+        ("Yes.", "yes", "causal", True),
+    ],
+)
+def test_answer_matches_by_kind(answer, gold, kind, expected):
+    assert answer_matches(answer, gold, kind) is expected
+
+
+RULES = OmegaConf.create({"require_correct": True, "min_trace_chars": 40, "max_chars": 2000, "max_answer_chars": 50})
+GOOD = "<think>\nGiven 3 and 4.\n<causality>\nBuying more apples -> more apples.\n</causality>\nSo 3 + 4.\n</think>\n7"
+
+
+@pytest.mark.parametrize(
+    ("content", "finish", "verdict"),
+    [
+        (GOOD, "stop", "ok"),
+        (GOOD, "length", "truncated"),
+        (GOOD.replace("</causality>", ""), "stop", "unbalanced_tags"),
+        (GOOD.replace("<think>", "").replace("</think>", ""), "stop", "unbalanced_tags"),
+        (GOOD.replace("\n7", "\n"), "stop", "no_answer"),
+        (GOOD.replace("</think>\n7", "</think>\n8"), "stop", "wrong_answer"),
+        ("<think>a<causality>b</causality>c</think>7", "stop", "too_short"),
+        (GOOD + " and so on" * 10, "stop", "long_answer"),
+        (GOOD.replace("So 3 + 4.", "x" * 2000), "stop", "too_long"),
+        ("<causality>b</causality><think>a</think>7", "stop", "misnested_tags"),
+    ],
+)
+def test_judge_rejects_with_a_reason(content, finish, verdict):
+    row = {"gold": "7", "kind": "number"}
+    assert judge(row, {"content": content, "finish_reason": finish}, RULES) == verdict

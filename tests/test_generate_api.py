@@ -212,9 +212,8 @@ def test_overlap_with_evaluation_sets_is_removed_and_counted(questions, tmp_path
     ],
 )
 def test_bad_settings_fail_in_one_line_before_any_request(override, message, questions, tmp_path):
-    with ScriptedServer(answer_for=answer_for) as server:
-        with pytest.raises(ClaireError, match=re.escape(message)):
-            run(compose_api(server, questions, tmp_path / "gen", override))
+    with ScriptedServer(answer_for=answer_for) as server, pytest.raises(ClaireError, match=re.escape(message)):
+        run(compose_api(server, questions, tmp_path / "gen", override))
     assert server.counts["received"] == 0 and not (tmp_path / "gen").exists()
 
 
@@ -279,3 +278,25 @@ def test_prices_match_dated_snapshots_and_batch_halves_them():
     assert teacher.price_of("o3", prices) is None
     assert teacher.cost_usd(1_000_000, 500_000, prices["gpt-4.1"]) == pytest.approx(6.0)
     assert teacher.cost_usd(1_000_000, 500_000, prices["gpt-4.1"], discount=0.5) == pytest.approx(3.0)
+
+
+def test_batch_mode_stops_when_its_rounds_run_out(questions, tmp_path):
+    rounds = ["api.mode=batch", "api.poll_seconds=0.01", "api.max_batch_rounds=1"]
+    with ScriptedServer(answer_for=answer_for, default="wrong") as server:
+        cfg = compose_api(server, questions, tmp_path / "gen", *rounds)
+        with pytest.raises(ClaireError, match="api.max_batch_rounds=1 rounds did not finish it"):
+            run(cfg)
+    assert server.counts["batch_lines"] == 20 == len(ledger_entries(tmp_path / "gen"))
+
+
+def test_sources_that_run_short_give_a_smaller_dataset_and_say_so(tmp_path, caplog):
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(json.dumps(word_problem(i)) + "\n" for i in range(22)))
+    with ScriptedServer(answer_for=answer_for, plan=["wrong"] * 5) as server:
+        out = run(compose_api(server, few, tmp_path / "gen", "verify.tries=1", "api.max_concurrency=1"))
+    dd = datasets.load_from_disk(str(out))
+    assert (len(dd["train"]), len(dd["eval"])) == (15, 2) and server.counts["received"] == 22
+    assert "only 17 of 20 rows" in caplog.text
+    assert json.loads((out / "summary.json").read_text())["sources"]["gsm8k"] == {
+        "available": 22, "quota": 20, "rows": 17
+    }  # fmt: skip
