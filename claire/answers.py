@@ -12,7 +12,10 @@ ANSWER_MARKERS = (
     re.compile(r"^answer\s*$(.*)", re.DOTALL | re.MULTILINE),
     re.compile(r"</think>(?!.*</think>)(.*)", re.DOTALL),
 )
-LEAD = re.compile(r"^(?:so,?\s*)?(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*", re.IGNORECASE)
+LEAD = re.compile(
+    r"^(?:(?:so|thus|therefore|hence),?\s*)?(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|option|choice)\s*(?:is|:)\s*",
+    re.IGNORECASE,
+)
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)")
 
 
@@ -27,7 +30,8 @@ def final_answer(output: str) -> str:
         lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
         text = lines[-1] if lines else ""
     text = text.replace("<|im_end|>", "").strip().splitlines()[0] if text.strip() else ""
-    return LEAD.sub("", text.strip("* ")).strip().rstrip(".").strip()
+    text = text.replace("**", "").replace("__", "").strip("* ")  # markdown bold around the answer or its lead
+    return LEAD.sub("", text).strip().rstrip(".").strip()
 
 
 def causal_correct(output: str, gold: str, tolerance: float = 0.0005) -> bool:
@@ -52,31 +56,46 @@ def _names(text: str) -> set[str]:
 
 
 BOXED = re.compile(r"\\boxed\s*\{")
-LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\ |\$|\^\{?\\circ\}?|\\%|%|\s+")
-FRACTION = re.compile(r"^\\[dt]?frac\{(-?\d+)\}\{(\d+)\}$|^(-?\d+)/(\d+)$")
+LATEX_NOISE = re.compile(r"\\left|\\right|\\[!,;: ]|\\[()\[\]]|\$|\^\{?\\circ\}?|\\?%")
+WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\{([^{}]*)\}")
+THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+FRACTION = re.compile(r"(-?)\\[dt]?frac\{?(-?\d+)\}?\{?(\d+)\}?|(-?)(\d+)\s*/\s*(\d+)")
 CHOICE = re.compile(r"^(?:[Oo]ption\s+)?\(?([A-Da-d])\)?(?=$|[\s.:),])")
 
 
-def unbox(text: str) -> str:
-    """The content of the last \\boxed{...} (braces balanced), else the text itself."""
+def last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} in text (nested braces kept), or None."""
     starts = [m.end() for m in BOXED.finditer(text)]
     if not starts:
-        return text
+        return None
     depth, start = 1, starts[-1]
-    for i, char in enumerate(text[start:], start):
-        depth += {"{": 1, "}": -1}.get(char, 0)
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
         if depth == 0:
-            return text[start:i]
-    return text[start:]
+            return text[start:i].strip() or None
+    return None
+
+
+def unbox(text: str) -> str:
+    """The content of the last \\boxed{...}, else the text itself."""
+    return last_boxed(text) or text
+
+
+def _plain(text: str) -> str:
+    """A final answer with LaTeX delimiters, sizing, text wrappers, units of degree and percent, thousands
+    separators, a unicode minus and a leading 'x =' removed."""
+    text = WRAPPER.sub(r"\1", LATEX_NOISE.sub("", text.replace("\u2212", "-")))
+    return re.sub(r"^[A-Za-z]\w*\s*=\s*", "", THOUSANDS.sub("", text)).strip().rstrip(".").strip()
 
 
 def _as_number(text: str) -> float | None:
-    """'1,234', '$18.00', '\\frac{3}{4}', '-3/4', '50%' as a number, else None."""
-    text = LATEX_NOISE.sub("", re.sub(r"\\text\{([^}]*)\}", r"\1", text.replace(",", ""))).strip(".")
-    fraction = FRACTION.match(text)
+    """'1,234', '$18.00', '\\frac{3}{4}', '-3/4', '50%' as a number, else None ('1, 2' is not 12)."""
+    text = _plain(text)
+    fraction = FRACTION.fullmatch(text)
     if fraction:
-        num, den = (int(g) for g in fraction.groups() if g is not None)
-        return num / den if den else None
+        groups = fraction.groups()
+        sign, num, den = groups[:3] if groups[1] is not None else groups[3:]
+        return (-1 if sign else 1) * int(num) / int(den) if int(den) else None
     return float(text) if NUMBER.fullmatch(text) else None
 
 
@@ -86,10 +105,10 @@ def answer_matches(answer: str, gold: str, kind: str) -> bool:
         return causal_correct(answer, gold)
     text = unbox(final_answer(answer)).strip()
     if kind == "choice":
-        found = CHOICE.match(text)
+        found = CHOICE.match(_plain(text))
         return bool(found) and found.group(1).upper() == gold.strip().upper()
     if kind == "number":
-        numbers = NUMBER.findall(LATEX_NOISE.sub("", text.replace(",", "")))
+        numbers = NUMBER.findall(_plain(text))
         value = _as_number(gold)
         return bool(numbers) and value is not None and abs(float(numbers[0]) - value) <= 1e-6 * max(1.0, abs(value))
     mine, theirs = _as_number(text), _as_number(unbox(gold))
@@ -100,6 +119,4 @@ def answer_matches(answer: str, gold: str, kind: str) -> bool:
 
 def _normal(expression: str) -> str:
     """A LaTeX expression with spacing, sizing and fraction-style noise removed, for string comparison."""
-    expression = re.sub(r"\\[dt]frac", r"\\frac", expression)
-    expression = re.sub(r"\\text\{([^}]*)\}", r"\1", expression)
-    return LATEX_NOISE.sub("", expression).strip(".").lower()
+    return re.sub(r"\s+", "", _plain(re.sub(r"\\[dt]frac", r"\\frac", expression))).lower()

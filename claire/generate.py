@@ -33,7 +33,7 @@ CAUSAL_KEYS = (
     "unseen_shape_fraction",
     "out",
 )
-CONFIG = Path(__file__).parents[1] / "conf" / "generate.yaml"
+CONFIG = Path(__file__).parents[1] / "conf" / "source" / "causal.yaml"  # the causal suite's settings
 
 
 def shape(edges: list[list[str]]) -> str:
@@ -136,6 +136,12 @@ def check_api(cfg: DictConfig) -> dict | None:
             raise ClaireError(f"mix.{split}={cfg.mix[split]} must be a whole number (train above 0)")
     if cfg.api.mode not in ("online", "batch"):
         raise ClaireError(f"api.mode={cfg.api.mode} is not a mode; choose online or batch")
+    for key in ("max_concurrency", "max_batch_rounds", "max_retries", "rpm", "tpm"):
+        value, optional = cfg.api[key], key in ("rpm", "tpm")
+        if not (optional and value is None) and (
+            not isinstance(value, int) or value < (0 if key == "max_retries" else 1)
+        ):
+            raise ClaireError(f"api.{key}={value} must be a whole number above 0" + (" or null" if optional else ""))
     if not isinstance(cfg.verify.tries, int) or cfg.verify.tries < 1:
         raise ClaireError(f"verify.tries={cfg.verify.tries} must be a whole number of samples, at least 1")
     if cfg.api.key_env and not os.environ.get(cfg.api.key_env):
@@ -165,13 +171,21 @@ def prompt_of(cfg: DictConfig) -> dict:
     return {"version": cfg.prompt.version, "hash": digest, "system": system, "user": user}
 
 
-def check_ledger(ledger: teacher.Ledger, prompt: dict) -> None:
-    """Refuse to mix answers to two different texts under one prompt version."""
+def check_ledger(ledger: teacher.Ledger, prompt: dict, api: DictConfig) -> None:
+    """Refuse to mix answers to two prompt texts under one version, or two request settings for one model."""
+    settings = teacher.settings_hash(api)
     for entry in ledger.entries.values():
-        if entry["prompt_version"] == prompt["version"] and entry["prompt_hash"] != prompt["hash"]:
+        if entry["prompt_version"] != prompt["version"]:
+            continue
+        if entry["prompt_hash"] not in (None, prompt["hash"]):
             raise ClaireError(
                 f"prompt {prompt['version']} has changed since {ledger.path} was written; give the new text a new "
                 "prompt version (prompt.version=...) or write to another out"
+            )
+        if entry["model"] == api.model and entry["settings"] not in (None, settings):
+            raise ClaireError(
+                f"api.{'/'.join(teacher.SETTINGS)} differ from those {ledger.path} was asked with; put them back "
+                "or write to another out (answers to different settings must not mix)"
             )
 
 
@@ -182,10 +196,13 @@ def draw_questions(cfg: DictConfig) -> tuple[dict[str, list[dict]], dict[str, Co
     references = sources.load_references(cfg.decontaminate)
     overlap = sources.Overlap(references, cfg.ngram, cfg.boilerplate_docs, exact=cfg.exact_match)
     kept, removed = sources.decontaminate(rows, overlap)
+    clean = Counter(row["source"] for row in kept)
     before = Counter(row["source"] for row in kept)
     kept, _ = sources.dedupe(kept)
     duplicates = before - Counter(row["source"] for row in kept)
     counts = {name: Counter(available=sum(r["source"] == name for r in rows)) for name in names}
+    for name in names:
+        counts[name]["overlap"] = counts[name]["available"] - clean[name]  # rows removed (once, whatever matched)
     for key, n in removed.items():
         name, reference = key.split(":", 1)
         counts[name][f"overlap_{reference}"] += n
@@ -217,6 +234,8 @@ def client_of(api: DictConfig) -> Any:
     """The openai async client; it retries 429, 5xx and timeouts itself with backoff."""
     import openai
 
+    for name in ("httpx", "openai"):  # one INFO line per request would bury the progress bar
+        logging.getLogger(name).setLevel(logging.WARNING)
     key = os.environ[api.key_env] if api.key_env else "not-needed"
     return openai.AsyncOpenAI(base_url=api.base_url, api_key=key, timeout=api.timeout, max_retries=api.max_retries)
 
@@ -242,12 +261,13 @@ def run_api(cfg: DictConfig) -> Path:
     prompt = prompt_of(cfg)
     candidates, counts = draw_questions(cfg)
     total = cfg.mix.train + cfg.mix.eval
-    quotas = allocate(total, dict(cfg.mix.weights), {s: len(rows) for s, rows in candidates.items()})
+    available = {s: len(rows) for s, rows in candidates.items()}
+    quotas = allocate(total, {s: cfg.mix.weights[s] for s in candidates}, available)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ledger = teacher.Ledger(out / "ledger.jsonl")
     try:
-        check_ledger(ledger, prompt)
+        check_ledger(ledger, prompt, cfg.api)
         judge = functools.partial(verify.judge, rules=cfg.verify)
         job = teacher.Job(candidates, quotas, prompt, cfg.api, price, cfg.budget_usd, cfg.verify.tries, judge)
         engine = asyncio.run(ask_teacher(job, ledger, cfg))
@@ -339,27 +359,29 @@ def write_card(
     sizes: dict[str, int],
 ) -> None:
     """summary.json and the dataset card: prompt, teacher, sources and counts, rejections, cost and dates."""
-    times = sorted(entry["time"] for entry in ledger.entries.values())
+    mine = [
+        e for e in ledger.entries.values() if (e["prompt_version"], e["model"]) == (prompt["version"], cfg.api.model)
+    ]
+    times = sorted(entry["time"] for entry in mine)
     made = Counter(row["source"] for row in rows)
     summary = {
         "prompt": {"version": prompt["version"], "hash": prompt["hash"]},
         "teacher": {k: cfg.api[k] for k in ("mode", "base_url", "model", "temperature", "max_tokens", "seed")},
-        "served_models": sorted({str(entry.get("served_model")) for entry in ledger.entries.values()}),
+        "served_models": sorted({str(entry.get("served_model")) for entry in mine}),
         "mix": OmegaConf.to_container(cfg.mix),
         "sources": {name: {**counts[name], "quota": quotas[name], "rows": made[name]} for name in counts},
         "rows": {"total": len(rows), "correct": sum(bool(row["correct"]) for row in rows)},
         "rejections": dict(rejections.most_common()),
         "failed_requests": dict(engine.outcome.failures),
-        "requests": len(ledger.entries),
-        "tokens": {k: sum(e[k] for e in ledger.entries.values()) for k in ("tokens_in", "tokens_out")},
-        "cost_usd": round(ledger.cost(), 4),
+        "requests": len(mine),
+        "tokens": {k: sum(e[k] for e in mine) for k in ("tokens_in", "tokens_out")},
+        "cost_usd": round(sum(e["cost_usd"] for e in mine), 4),
         "dates": {"first_response": times[0] if times else None, "last_response": times[-1] if times else None},
         "claire": runs.git_state(),
     }
     runs.write_json(out / "summary.json", summary)
     source_lines = [
-        f"| {name} | {c['available']} | {sum(v for k, v in c.items() if k.startswith('overlap_'))} | "
-        f"{c['duplicate']} | {quotas[name]} | {made[name]} |"
+        f"| {name} | {c['available']} | {c['overlap']} | {c['duplicate']} | {quotas[name]} | {made[name]} |"
         for name, c in counts.items()
     ]
     overlaps = Counter({k: v for c in counts.values() for k, v in c.items() if k.startswith("overlap_")})

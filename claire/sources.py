@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from claire import ClaireError
+from claire.answers import last_boxed
 from claire.data import _load_any
 
 LETTERS = "ABCDEFGHIJ"
@@ -48,19 +49,6 @@ def multiple_choice(question: str, options: list[str]) -> str:
     """The question, its options as '(A) ...' lines, and the instruction to answer with a letter."""
     lines = "\n".join(f"({letter}) {option}" for letter, option in zip(LETTERS, options, strict=False))
     return f"{question}\n\n{lines}\n\n{CHOICE_LINE}"
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...} in text (nested braces kept), or None."""
-    starts = [m.end() for m in re.finditer(r"\\boxed\s*\{", text)]
-    if not starts:
-        return None
-    depth, start = 1, starts[-1]
-    for i in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[start:i].strip() or None
-    return None
 
 
 def gsm8k(row: dict, seed: int = 0) -> dict | None:
@@ -253,11 +241,11 @@ def decontaminate(rows: list[dict], overlap: Overlap) -> tuple[list[dict], Count
 
 
 def dedupe(rows: list[dict]) -> tuple[list[dict], int]:
-    """Rows whose normalised question was not seen before (the first kept), and how many were dropped."""
+    """Rows whose normalised question and (source, id) were not seen before (the first kept), and the count dropped."""
     seen, kept = set(), []
     for row in rows:
-        key = normalise(row["question"])
-        if key not in seen:
-            seen.add(key)
+        keys = {normalise(row["question"]), (row["source"], row["id"])}  # the same text, or the same id
+        if not keys & seen:
+            seen |= keys
             kept.append(row)
     return kept, len(rows) - len(kept)

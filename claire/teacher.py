@@ -10,6 +10,7 @@ Rejection sampling: a question is asked again (next sample, next seed) until one
 import asyncio
 import hashlib
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -20,49 +21,52 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from claire import ClaireError
 
-FATAL = (
-    openai.AuthenticationError,
-    openai.PermissionDeniedError,
-    openai.NotFoundError,
-    openai.BadRequestError,
-    openai.UnprocessableEntityError,
-)
+FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+REFUSED = (openai.BadRequestError, openai.UnprocessableEntityError)
 TERMINAL_BATCH = ("completed", "failed", "expired", "cancelled")
+SETTINGS = ("temperature", "max_tokens", "seed", "extra_body")
 
 
-def request_key(row: dict, prompt_version: str, model: str, sample: int) -> str:
+def request_key(source: str, question_id: str, prompt_version: str, model: str, sample: int) -> str:
     """The ledger key (and Batch API custom_id) of one request."""
-    return json.dumps([row["source"], row["id"], prompt_version, model, sample])
+    return json.dumps([source, question_id, prompt_version, model, sample])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of an append-only JSONL file; a torn last line (killed mid-write) is cut off."""
+    data = path.read_bytes() if path.exists() else b""
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data):
+        with path.open("r+b") as torn:
+            torn.truncate(complete)
+    return [json.loads(line) for line in data[:complete].splitlines() if line.strip()]
+
+
+def append_jsonl(file: Any, record: dict) -> None:
+    """Append one line and make it durable before returning."""
+    file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    file.flush()
+    os.fsync(file.fileno())
 
 
 class Ledger:
-    """Append-only JSONL of responses, fsynced per line; a torn last line (killed mid-write) is cut off on open."""
+    """Append-only JSONL of responses, fsynced per line, read back on open."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries: dict[str, dict] = {}
-        data = path.read_bytes() if path.exists() else b""
-        complete = data.rfind(b"\n") + 1
-        if complete < len(data):
-            with path.open("r+b") as torn:
-                torn.truncate(complete)
-        for line in data[:complete].splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                self.entries[entry["key"]] = entry
+        self.entries = {entry["key"]: entry for entry in read_jsonl(path)}
         self.file = path.open("a", encoding="utf-8")
 
     def append(self, entry: dict) -> bool:
         """Record one response durably; False when its key is already recorded (nothing is written twice)."""
         if entry["key"] in self.entries:
             return False
-        self.file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        append_jsonl(self.file, entry)
         self.entries[entry["key"]] = entry
         return True
 
@@ -91,12 +95,15 @@ def cost_usd(tokens_in: int, tokens_out: int, price: dict | None, discount: floa
 
 
 def estimate_tokens(messages: list[dict]) -> int:
-    """A cheap upper-ish estimate of prompt tokens (4 characters a token, plus per-message overhead)."""
-    return sum(len(m["content"]) // 4 + 8 for m in messages)
+    """A cheap estimate of prompt tokens (3 characters a token, on the safe side, plus per-message overhead)."""
+    return sum(len(m["content"]) // 3 + 8 for m in messages)
 
 
 class Pacer:
-    """Spaces requests under requests/min and tokens/min limits: the openai client retries 429s but never paces."""
+    """Spaces requests under requests/min and tokens/min limits: the openai client retries 429s but never paces.
+
+    Tokens are counted as the API counts them when it admits a request: the prompt plus max_tokens in full.
+    """
 
     def __init__(self, rpm: int | None, tpm: int | None) -> None:
         self.interval = 60.0 / rpm if rpm else 0.0
@@ -126,12 +133,6 @@ class Pacer:
                 self._refill()
                 self.tokens -= tokens
 
-    def refund(self, tokens: int) -> None:
-        """Give back tokens reserved but not used (the estimate counts max_tokens in full)."""
-        if self.tpm and tokens > 0:
-            self._refill()
-            self.tokens = min(self.tpm, self.tokens + tokens)
-
 
 @dataclass
 class Budget:
@@ -147,11 +148,6 @@ class Budget:
             return False
         self.reserved += worst
         return True
-
-    def settle(self, worst: float, actual: float) -> None:
-        """Replace a reservation by what the request really cost."""
-        self.reserved -= worst
-        self.spent += actual
 
 
 @dataclass
@@ -170,13 +166,23 @@ class Job:
 
 @dataclass
 class Outcome:
-    """What a run achieved: accepted questions per source, and why the rest did not make it."""
+    """How a run went: rejections seen, requests that failed after all retries, and why it stopped early."""
 
-    accepted: Counter = field(default_factory=Counter)
     rejections: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)
-    requests: int = 0
+    answered: int = 0
     stopped: str | None = None
+
+
+def settings_hash(api: Any) -> str:
+    """A hash of the request settings that shape an answer besides prompt and model (temperature, max tokens...)."""
+    values = {key: plain(api.get(key)) for key in SETTINGS}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plain(value: Any) -> Any:
+    """A config value as plain Python (nested extra_body dicts included), ready for JSON."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
 class Teacher:
@@ -186,14 +192,16 @@ class Teacher:
         self.job, self.ledger, self.client = job, ledger, client
         self.outcome = Outcome()
         self.rows = {(row["source"], row["id"]): row for rows in job.candidates.values() for row in rows}
+        self.settings = settings_hash(job.api)
         self.budget = Budget(job.budget, ledger.cost())
+        self.settled = asyncio.Condition()
         self.pacer = Pacer(job.api.rpm, job.api.tpm)
         self.consecutive_failures = 0
         self.progress = tqdm(
             total=sum(job.quotas.values()), unit="row", desc="claire.generate", disable=not progress, mininterval=1.0
         )
 
-    # -- requests ---------------------------------------------------------------------------------------------
+    # -- requests and the ledger ------------------------------------------------------------------------------
     def messages(self, row: dict) -> list[dict]:
         """The chat messages of one question under the prompt."""
         system = self.job.prompt.get("system")
@@ -204,24 +212,26 @@ class Teacher:
         """The chat-completions request body of one sample (its seed is the config seed plus the sample index)."""
         api = self.job.api
         body = {"model": api.model, "messages": self.messages(row), "temperature": api.temperature}
-        body |= {"max_tokens": api.max_tokens, "seed": api.seed + sample}
-        return body | dict(api.extra_body or {})
+        return body | {"max_tokens": api.max_tokens, "seed": api.seed + sample} | (plain(api.extra_body) or {})
 
     def key(self, row: dict, sample: int) -> str:
-        return request_key(row, self.job.prompt["version"], self.job.api.model, sample)
+        return request_key(row["source"], row["id"], self.job.prompt["version"], self.job.api.model, sample)
 
-    def entry(self, row: dict, sample: int, completion: dict, mode: str) -> dict:
-        """The ledger entry of one chat.completion object."""
+    def entry(self, key: str, completion: dict, mode: str) -> dict:
+        """The ledger entry of one chat.completion object, for the request with this key."""
+        source, question_id, version, model, sample = json.loads(key)
         choice, usage = completion["choices"][0], completion.get("usage") or {}
         tokens_in, tokens_out = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
         discount = self.job.api.batch_discount if mode == "batch" else 1.0
+        current = (version, model) == (self.job.prompt["version"], self.job.api.model)
         return {
-            "key": self.key(row, sample),
-            "source": row["source"],
-            "id": row["id"],
-            "prompt_version": self.job.prompt["version"],
-            "prompt_hash": self.job.prompt["hash"],
-            "model": self.job.api.model,
+            "key": key,
+            "source": source,
+            "id": question_id,
+            "prompt_version": version,
+            "prompt_hash": self.job.prompt["hash"] if current else None,
+            "model": model,
+            "settings": self.settings if current else None,
             "sample": sample,
             "served_model": completion.get("model"),
             "content": choice["message"].get("content") or "",
@@ -233,42 +243,90 @@ class Teacher:
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
+    def record(self, key: str, completion: dict, mode: str) -> dict:
+        """Write one response to the ledger (once) and return its entry."""
+        entry = self.entry(key, completion, mode)
+        if self.ledger.append(entry):
+            self.budget.spent += entry["cost_usd"]
+            self.outcome.answered += 1
+        self.progress.set_postfix(cost=f"${self.budget.spent:.2f}", rejected=sum(self.outcome.rejections.values()))
+        return self.ledger.entries[key]
+
+    def refusal(self, error: Exception) -> dict:
+        """A chat.completion stand-in for a request the API refused (400/422): recorded free, judged 'refused'."""
+        message = {"content": ""}
+        return {"choices": [{"message": message, "finish_reason": f"refused: {describe(error)}"}], "usage": {}}
+
     def worst_case(self, row: dict, discount: float = 1.0) -> tuple[int, float]:
         """Estimated tokens (prompt + max_tokens) and the most one request can cost."""
         prompt_tokens = estimate_tokens(self.messages(row))
         worst = cost_usd(prompt_tokens, self.job.api.max_tokens, self.job.price, discount)
         return prompt_tokens + self.job.api.max_tokens, worst
 
-    def record(self, row: dict, sample: int, completion: dict, mode: str) -> dict:
-        """Write one response to the ledger and return its entry."""
-        entry = self.entry(row, sample, completion, mode)
-        if self.ledger.append(entry):
-            self.budget.spent += entry["cost_usd"]
-            self.outcome.requests += 1
-        self.progress.set_postfix(cost=f"${self.budget.spent:.2f}", rejected=sum(self.outcome.rejections.values()))
-        return entry
+    def status(self, row: dict) -> tuple[str, int, dict | None, list[str]]:
+        """From the ledger: ('accepted', sample, entry) | ('rejected', tries, None) | ('open', next sample, None),
+        with the verdicts of the samples judged so far."""
+        verdicts = []
+        for sample in range(self.job.tries):
+            entry = self.ledger.entries.get(self.key(row, sample))
+            if entry is None:
+                return "open", sample, None, verdicts
+            verdicts.append(self.job.judge(row, entry))
+            if verdicts[-1] == "ok":
+                return "accepted", sample, entry, verdicts
+        return "rejected", self.job.tries, None, verdicts
+
+    def accepted(self) -> tuple[list[tuple[dict, dict]], Counter]:
+        """The first passing trace of each question, up to each quota in draw order; rejections per reason."""
+        pairs, rejections = [], Counter()
+        for source, quota in self.job.quotas.items():
+            taken = 0
+            for row in self.job.candidates[source]:
+                if taken >= quota:
+                    break
+                state, _, entry, verdicts = self.status(row)
+                rejections.update(v for v in verdicts if v != "ok")
+                if state == "accepted":
+                    pairs.append((row, entry))
+                    taken += 1
+        return pairs, rejections
 
     # -- online -----------------------------------------------------------------------------------------------
     async def ask(self, row: dict, sample: int) -> dict | None:
         """One paced, budgeted request; its entry, or None when it failed or the budget is spent."""
         tokens, worst = self.worst_case(row)
-        if not self.budget.reserve(worst):
-            self.outcome.stopped = self.outcome.stopped or "budget"
-            return None
-        await self.pacer.acquire(tokens)
+        while not self.budget.reserve(worst):
+            if self.budget.reserved <= 0:  # nothing in flight will free any room: the cap is reached
+                self.outcome.stopped = self.outcome.stopped or "budget"
+                return None
+            async with self.settled:
+                await self.settled.wait()
+        entry = None
+        try:
+            await self.pacer.acquire(tokens)
+            response = await self.respond(row, sample)
+            entry = self.record(self.key(row, sample), response, "online") if response else None
+        finally:  # the reservation is released only after the real cost is booked
+            self.budget.reserved -= worst
+            async with self.settled:
+                self.settled.notify_all()
+        return entry
+
+    async def respond(self, row: dict, sample: int) -> dict | None:
+        """The API's chat.completion as a dict; a refusal stand-in for a refused question; None when it failed."""
         try:
             response = await self.client.chat.completions.create(**self.request_args(row, sample))
         except FATAL as error:
             raise ClaireError(f"the API refused the request ({describe(error)}); check api.* in the config") from None
+        except REFUSED as error:
+            if not self.outcome.answered:  # nothing answered yet: a setting is wrong, not this one question
+                raise ClaireError(f"the API rejected the request ({describe(error)}); check api.*") from None
+            return self.refusal(error)
         except openai.APIError as error:  # the client's own retries (429, 5xx, timeouts) are spent
             self.fail(error)
             return None
-        finally:
-            self.budget.settle(worst, 0.0)
         self.consecutive_failures = 0
-        entry = self.record(row, sample, response.model_dump(), "online")
-        self.pacer.refund(tokens - entry["tokens_in"] - entry["tokens_out"])
-        return entry
+        return response.model_dump()
 
     def request_args(self, row: dict, sample: int) -> dict:
         """The body as openai client arguments: parameters it does not know travel in extra_body."""
@@ -281,173 +339,140 @@ class Teacher:
         self.outcome.failures[describe(error)] += 1
         self.consecutive_failures += 1
         if self.consecutive_failures >= self.job.api.max_consecutive_failures:
-            self.outcome.stopped = f"{self.consecutive_failures} failed requests in a row (last: {describe(error)})"
+            self.outcome.stopped = f"{self.consecutive_failures} requests in a row failed (last: {describe(error)})"
 
     async def question(self, row: dict) -> str:
         """Sample a question until a trace passes: 'accepted', 'rejected' (all tries spent) or 'unfinished'."""
-        for sample in range(self.job.tries):
-            entry = self.ledger.entries.get(self.key(row, sample))
+        while True:
+            state, sample, _, _ = self.status(row)
+            if state != "open":
+                return state
+            if self.outcome.stopped:
+                return "unfinished"
+            entry = await self.ask(row, sample)
             if entry is None:
-                if self.outcome.stopped:
-                    return "unfinished"
-                entry = await self.ask(row, sample)
-                if entry is None:
-                    return "unfinished"
+                return "unfinished"
             verdict = self.job.judge(row, entry)
-            if verdict == "ok":
-                return "accepted"
-            self.outcome.rejections[verdict] += 1
-        return "rejected"
+            if verdict != "ok":
+                self.outcome.rejections[verdict] += 1
 
     async def run_online(self) -> Outcome:
         """Ask concurrently, pacing requests, until every source has its quota or runs out of questions."""
-        cursor = Counter()
+        cursor, accepted, unfinished = Counter(), Counter(), Counter()
         active: dict[asyncio.Task, str] = {}
-        unfinished = Counter()
-        while True:
-            while len(active) < self.job.api.max_concurrency and not self.outcome.stopped:
-                source = self.next_source(cursor, Counter(active.values()), unfinished)
-                if source is None:
+        try:
+            while True:
+                while len(active) < self.job.api.max_concurrency and not self.outcome.stopped:
+                    source = self.next_source(cursor, accepted + Counter(active.values()) + unfinished)
+                    if source is None:
+                        break
+                    active[asyncio.create_task(self.question(self.job.candidates[source][cursor[source]]))] = source
+                    cursor[source] += 1
+                if not active:
                     break
-                row = self.job.candidates[source][cursor[source]]
-                cursor[source] += 1
-                active[asyncio.create_task(self.question(row))] = source
-            if not active:
-                break
-            done, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                source = active.pop(task)
-                result = task.result()
-                if result == "accepted":
-                    self.outcome.accepted[source] += 1
-                    self.progress.update()
-                elif result == "unfinished":
-                    unfinished[source] += 1
-        self.progress.close()
+                done, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    source, result = active.pop(task), task.result()
+                    if result == "accepted":
+                        accepted[source] += 1
+                        self.progress.update()
+                    elif result == "unfinished":
+                        unfinished[source] += 1
+        finally:
+            for task in active:
+                task.cancel()
+            await asyncio.gather(*active, return_exceptions=True)
+            self.progress.close()
         return self.outcome
 
-    def next_source(self, cursor: Counter, running: Counter, unfinished: Counter) -> str | None:
-        """The source furthest behind its quota that still has questions, or None."""
+    def next_source(self, cursor: Counter, claimed: Counter) -> str | None:
+        """The source furthest behind its quota (counting questions accepted, running or unfinished) that still
+        has questions to ask, or None."""
         open_sources = [
-            s
-            for s, quota in self.job.quotas.items()
-            if self.outcome.accepted[s] + running[s] + unfinished[s] < quota and cursor[s] < len(self.job.candidates[s])
+            s for s, quota in self.job.quotas.items() if claimed[s] < quota and cursor[s] < len(self.job.candidates[s])
         ]
-        if not open_sources:
-            return None
-        return min(open_sources, key=lambda s: (self.outcome.accepted[s] + running[s]) / self.job.quotas[s])
+        return min(open_sources, key=lambda s: claimed[s] / self.job.quotas[s], default=None)
 
     # -- Batch API --------------------------------------------------------------------------------------------
     async def run_batch(self, state_path: Path, tag: str) -> Outcome:
         """Rounds of build / submit / poll / collect until every quota is met; resumable from the state file."""
         state = BatchState(state_path)
-        await self.adopt_unrecorded(state, tag)
-        for _round in range(self.job.api.max_batch_rounds + 1):
-            for batch_id in state.open_batches():
-                await self.collect(state, batch_id)
-            lines = self.plan_batch()
-            if not lines or self.outcome.stopped:
-                break
-            if _round == self.job.api.max_batch_rounds:
-                self.outcome.stopped = f"api.max_batch_rounds={_round} rounds did not finish it"
-                break
-            await self.submit(state, lines, tag)
-        self.outcome.accepted, self.outcome.rejections = self.tally()
-        self.progress.close()
+        try:
+            await self.adopt_unrecorded(state, tag)
+            for round_index in range(self.job.api.max_batch_rounds + 1):
+                for batch_id in state.open_batches():
+                    await self.collect(state, batch_id)
+                if self.outcome.stopped:
+                    break
+                lines = self.plan_batch()
+                if not lines:
+                    break
+                if round_index == self.job.api.max_batch_rounds:
+                    self.outcome.stopped = f"api.max_batch_rounds={round_index} rounds did not finish it"
+                    break
+                await self.submit(state, lines, tag)
+        except openai.NotFoundError as error:
+            raise ClaireError(
+                f"api.base_url={self.job.api.base_url} has no Batch API ({describe(error)}); use api.mode=online"
+            ) from None
+        finally:
+            self.progress.close()
         return self.outcome
 
     def plan_batch(self) -> list[dict]:
-        """The next sample of every question a source still needs, walking candidates in draw order, within budget."""
-        accepted, _ = self.tally()
-        self.progress.n = sum(accepted.values())
+        """The next sample of enough open questions to fill each quota, expecting the pass rate seen so far; in
+        draw order, within the budget (what fits is submitted, then the run stops)."""
+        pairs, rejections = self.accepted()
+        self.progress.n = len(pairs)
         self.progress.refresh()
+        judged = len(pairs) + sum(rejections.values())
+        pass_rate = max(0.2, len(pairs) / judged) if judged else 1.0
+        done = Counter(row["source"] for row, _ in pairs)
         self.budget.reserved = 0.0  # every earlier batch is collected: nothing is in flight
         lines = []
         for source, quota in self.job.quotas.items():
-            needed = quota - accepted[source]
+            wanted = math.ceil((quota - done[source]) / pass_rate)
             for row in self.job.candidates[source]:
-                if needed <= 0:
+                if wanted <= 0:
                     break
-                state, sample = self.question_state(row)
+                state, sample, _, _ = self.status(row)
                 if state == "accepted":
                     continue
                 if state == "open":
-                    _, worst = self.worst_case(row, self.job.api.batch_discount)
-                    if not self.budget.reserve(worst):
+                    if not self.budget.reserve(self.worst_case(row, self.job.api.batch_discount)[1]):
                         self.outcome.stopped = "budget"
                         return lines
                     lines.append({"custom_id": self.key(row, sample), "row": row, "sample": sample})
-                    needed -= 1
+                    wanted -= 1
         return lines
-
-    def question_state(self, row: dict) -> tuple[str, int]:
-        """From the ledger: 'accepted', 'rejected' (tries spent) or 'open' with the next sample to ask."""
-        for sample in range(self.job.tries):
-            entry = self.ledger.entries.get(self.key(row, sample))
-            if entry is None:
-                return "open", sample
-            if self.job.judge(row, entry) == "ok":
-                return "accepted", sample
-        return "rejected", self.job.tries
-
-    def tally(self) -> tuple[Counter, Counter]:
-        """Accepted questions per source and rejections per reason, from the ledger."""
-        pairs, rejections = self.accepted()
-        return Counter(row["source"] for row, _ in pairs), rejections
-
-    def accepted(self) -> tuple[list[tuple[dict, dict]], Counter]:
-        """The first passing trace of each question, up to each quota in draw order; rejections per reason."""
-        pairs, rejections = [], Counter()
-        for source, quota in self.job.quotas.items():
-            taken = 0
-            for row in self.job.candidates[source]:
-                if taken >= quota:
-                    break
-                for sample in range(self.job.tries):
-                    entry = self.ledger.entries.get(self.key(row, sample))
-                    if entry is None:
-                        break
-                    verdict = self.job.judge(row, entry)
-                    if verdict == "ok":
-                        pairs.append((row, entry))
-                        taken += 1
-                        break
-                    rejections[verdict] += 1
-        return pairs, rejections
 
     async def submit(self, state: "BatchState", lines: list[dict], tag: str) -> None:
         """Upload a batch file, create the batch, and record it before anything else can go wrong."""
-        body = "".join(
-            json.dumps(
-                {
-                    "custom_id": line["custom_id"],
-                    "method": "POST",
-                    "url": "/v1/chat/completions",
-                    "body": self.body(line["row"], line["sample"]),
-                }
-            )
-            + "\n"
+        requests = [
+            {"custom_id": line["custom_id"], "method": "POST", "url": "/v1/chat/completions"}
+            | {"body": self.body(line["row"], line["sample"])}
             for line in lines
-        ).encode()
-        name = f"claire-{tag}-{hashlib.sha256(body).hexdigest()[:12]}.jsonl"
+        ]
+        content = "".join(json.dumps(request) + "\n" for request in requests).encode()
+        name = f"claire-{tag}-{hashlib.sha256(content).hexdigest()[:12]}.jsonl"
         try:
-            upload = await self.client.files.create(file=(name, body), purpose="batch")
+            upload = await self.client.files.create(file=(name, content), purpose="batch")
             batch = await self.client.batches.create(
                 input_file_id=upload.id,
                 endpoint="/v1/chat/completions",
                 completion_window="24h",
                 metadata={"claire_run": tag},
             )
-        except FATAL as error:
+        except (*FATAL, *REFUSED) as error:
             raise ClaireError(f"the Batch API refused the batch ({describe(error)}); check api.* settings") from None
-        state.add(batch.id, [line["custom_id"] for line in lines])
-        print(f"claire.generate: submitted batch {batch.id} with {len(lines)} requests")
+        state.add(batch.id, len(lines))
+        self.progress.write(f"claire.generate: submitted batch {batch.id} with {len(lines)} requests")
 
     async def adopt_unrecorded(self, state: "BatchState", tag: str) -> None:
         """Find batches of this run created just before a kill, before the state file could record them."""
         async for batch in self.client.batches.list(limit=100):
             if (batch.metadata or {}).get("claire_run") == tag and batch.id not in state.batches:
-                state.add(batch.id, [])
+                state.add(batch.id, None)
 
     async def collect(self, state: "BatchState", batch_id: str) -> None:
         """Poll a batch until it ends, then move its results into the ledger."""
@@ -458,24 +483,31 @@ class Teacher:
             done = batch.request_counts.completed if batch.request_counts else 0
             self.progress.set_postfix(batch=batch.id, status=batch.status, done=done)
             await asyncio.sleep(self.job.api.poll_seconds)
-        if batch.output_file_id:
-            content = await self.client.files.content(batch.output_file_id)
-            for line in content.text.splitlines():
-                self.collect_line(json.loads(line))
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id:
+                content = await self.client.files.content(file_id)
+                for line in content.text.splitlines():
+                    self.collect_line(json.loads(line))
+        state.close_batch(batch_id)
+        if batch.status == "failed":
+            errors = batch.errors.data if batch.errors and batch.errors.data else []
+            reason = errors[0].message if errors else "no reason given"
+            raise ClaireError(f"batch {batch_id} failed ({reason}); check api.* settings and rerun")
         if batch.status != "completed":
             self.outcome.failures[f"batch {batch.status}"] += 1
-        state.close_batch(batch_id)
 
     def collect_line(self, line: dict) -> None:
-        """One Batch API output line into the ledger (failed lines stay unrecorded and are asked again)."""
+        """One Batch API result into the ledger under its own key; failed lines stay unrecorded and are asked again
+        (refused ones, 400/422, are recorded as refused)."""
         response = line.get("response") or {}
-        if response.get("status_code") != 200:
-            self.outcome.failures[f"batch line {response.get('status_code') or 'error'}"] += 1
-            return
-        source, question_id, _version, _model, sample = json.loads(line["custom_id"])
-        row = self.rows.get((source, question_id))
-        if row is not None:
-            self.record(row, sample, response["body"], "batch")
+        status = response.get("status_code")
+        if status == 200:
+            self.record(line["custom_id"], response["body"], "batch")
+        elif status in (400, 422):
+            error = (response.get("body") or {}).get("error", {}).get("message", "")
+            self.record(line["custom_id"], self.refusal(ClaireError(f"{status}: {error}")), "batch")
+        else:
+            self.outcome.failures[f"batch line {status or (line.get('error') or {}).get('code', 'error')}"] += 1
 
 
 class BatchState:
@@ -484,20 +516,16 @@ class BatchState:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.batches: dict[str, bool] = {}
-        for line in path.read_text().splitlines() if path.exists() else []:
-            if line.strip():
-                record = json.loads(line)
-                self.batches[record["batch"]] = self.batches.get(record["batch"], False) or record["collected"]
+        for record in read_jsonl(path):
+            self.batches[record["batch"]] = self.batches.get(record["batch"], False) or record["collected"]
 
     def _write(self, record: dict) -> None:
         with self.path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+            append_jsonl(file, record)
 
-    def add(self, batch_id: str, custom_ids: list[str]) -> None:
-        """Record a submitted batch."""
-        self._write({"batch": batch_id, "collected": False, "requests": len(custom_ids)})
+    def add(self, batch_id: str, requests: int | None) -> None:
+        """Record a submitted batch (requests: None when it was found through the API's list)."""
+        self._write({"batch": batch_id, "collected": False, "requests": requests})
         self.batches[batch_id] = False
 
     def close_batch(self, batch_id: str) -> None:

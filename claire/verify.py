@@ -7,9 +7,11 @@ from claire.data import MalformedTrace, split_trace
 
 
 def judge(row: dict, entry: dict, rules: Any) -> str:
-    """'ok', or why the trace is rejected (truncated, a MalformedTrace reason, too_short, too_long, wrong_answer)."""
-    content = entry.get("content") or ""
-    if entry.get("finish_reason") == "length":
+    """'ok', or why the trace is rejected (refused, truncated, a MalformedTrace reason, too_short, too_long...)."""
+    content, finish = entry.get("content") or "", str(entry.get("finish_reason"))
+    if finish.startswith("refused"):
+        return "refused"
+    if finish == "length":
         return "truncated"
     if len(content) > rules.max_chars:
         return "too_long"

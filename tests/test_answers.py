@@ -69,7 +69,15 @@ def test_every_reference_trace_is_judged_right_in_every_format():
         ("0.5", "\\frac{1}{2}", "math", True),
         ("\\sqrt{3}", "\\sqrt{3}", "math", True),
         ("\\sqrt{2}", "\\sqrt{3}", "math", False),
-        ("x = 2", "2", "math", False),
+        ("x = 2", "2", "math", True),
+        ("**Final answer:** B", "B", "choice", True),
+        ("The answer is **(C)**.", "C", "choice", True),
+        ("$\\boxed{\\text{B}}$", "B", "choice", True),
+        ("\\(\\frac{3}{4}\\)", "0.75", "math", True),
+        ("-\\frac{1}{2}", "-0.5", "math", True),
+        ("12", "1, 2", "math", False),  # a list is not a number
+        ("3, 4", "34", "number", False),
+        ("\u22125", "5", "number", False),  # a unicode minus is a minus
         ("Yes.", "yes", "causal", True),
     ],
 )

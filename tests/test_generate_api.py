@@ -179,8 +179,9 @@ def test_batch_mode_rounds_and_resume_after_a_kill_between_submit_and_collect(qu
         monkeypatch.setattr(teacher.Teacher, "collect", real_collect)
         run(compose_api(server, questions, out, *batch))
     entries = ledger_entries(out)
-    assert server.counts["batch_lines"] == len(entries) == 22  # 20 + 2 retried in a second round, none twice
-    assert {e["mode"] for e in entries} == {"batch"} and len({e["key"] for e in entries}) == 22
+    # round 1: 20 lines, 2 rejected; round 2 asks for 2 more rows at the pass rate seen (18/20): 3 lines, none twice
+    assert server.counts["batch_lines"] == len(entries) == 23
+    assert {e["mode"] for e in entries} == {"batch"} and len({e["key"] for e in entries}) == 23
     states = [json.loads(line) for line in (out / "batches.jsonl").read_text().splitlines()]
     assert sum(s["collected"] for s in states) == 2
     dd = datasets.load_from_disk(str(out))
@@ -298,5 +299,54 @@ def test_sources_that_run_short_give_a_smaller_dataset_and_say_so(tmp_path, capl
     assert (len(dd["train"]), len(dd["eval"])) == (15, 2) and server.counts["received"] == 22
     assert "only 17 of 20 rows" in caplog.text
     assert json.loads((out / "summary.json").read_text())["sources"]["gsm8k"] == {
-        "available": 22, "quota": 20, "rows": 17
+        "available": 22, "overlap": 0, "quota": 20, "rows": 17
     }  # fmt: skip
+
+
+def test_the_budget_waits_for_requests_in_flight_instead_of_stopping_early(questions, tmp_path):
+    # each request may cost up to $2.05 (2048 tokens out at $1000/M) but costs ~$0.02: with 8 in flight the cap
+    # of $5 is reached by reservations long before it is spent; the run must go on, two at a time, and finish
+    priced = ["api.price={input: 0.0, output: 1000.0}", "budget_usd=5", "api.max_concurrency=8"]
+    with ScriptedServer(answer_for=answer_for, latency=0.02) as server:
+        out = run(compose_api(server, questions, tmp_path / "gen", *priced))
+    entries = ledger_entries(out)
+    assert len(entries) == server.counts["answered"] == 20 and 0 < sum(e["cost_usd"] for e in entries) < 5
+
+
+def test_a_refused_question_is_recorded_once_and_replaced(questions, tmp_path):
+    with ScriptedServer(answer_for=answer_for, plan=["good", "good", "400"]) as server:
+        out = run(compose_api(server, questions, tmp_path / "gen", "api.max_concurrency=1"))
+    assert json.loads((out / "summary.json").read_text())["rejections"] == {"refused": 1}
+    refused = [e for e in ledger_entries(out) if e["finish_reason"].startswith("refused")]
+    assert len(refused) == 1 and refused[0]["cost_usd"] == 0 and server.counts["received"] == 21
+
+
+def test_a_refusal_before_any_answer_is_a_settings_error(questions, tmp_path):
+    with ScriptedServer(answer_for=answer_for, default="400") as server:
+        with pytest.raises(ClaireError, match="the API rejected the request .*BadRequestError 400.*check api"):
+            run(compose_api(server, questions, tmp_path / "gen", "api.max_concurrency=1"))
+        assert server.counts["received"] == 1 and not ledger_entries(tmp_path / "gen")
+
+
+def test_extra_body_passes_nested_fields_and_changed_settings_are_refused(questions, tmp_path):
+    thinking = "+api.extra_body.chat_template_kwargs={enable_thinking: false}"
+    with ScriptedServer(answer_for=answer_for, plan=["good"] * 3, default="500") as server:
+        stop = ["api.max_retries=0", "api.max_concurrency=1", "api.max_consecutive_failures=1"]
+        with pytest.raises(ClaireError, match="stopped at 3 of 20 rows because 1 requests in a row failed"):
+            run(compose_api(server, questions, tmp_path / "gen", thinking, *stop))
+        assert server.requests[0]["chat_template_kwargs"] == {"enable_thinking": False}
+        with pytest.raises(ClaireError, match="differ from those .* was asked with"):
+            run(compose_api(server, questions, tmp_path / "gen", thinking, "api.temperature=1.0"))
+
+
+def test_pacer_waits_for_the_token_budget():
+    import asyncio
+
+    async def two() -> float:
+        pacer = teacher.Pacer(rpm=None, tpm=60_000)  # 1,000 tokens a second; starts with a minute's worth
+        await pacer.acquire(60_000)
+        start = time.monotonic()
+        await pacer.acquire(500)
+        return time.monotonic() - start
+
+    assert asyncio.run(two()) >= 0.45

@@ -46,7 +46,7 @@ def saved(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("suite") / "causal"
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        generate(compose("generate", overrides=["n=700", f"out={out}"]))
+        generate(compose("generate", overrides=["source=causal", "n=700", f"out={out}"]))
     test = datasets.load_from_disk(str(out))["test"]
     return out, {row["question"]: row for row in test}
 

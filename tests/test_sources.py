@@ -241,12 +241,14 @@ def test_decontaminate_counts_per_source_and_reference():
 
 def test_dedupe_keeps_the_first_of_repeated_questions():
     rows = [
-        {"id": "a", "question": "How many  cats?"},
-        {"id": "b", "question": "how many\ncats? "},
-        {"id": "c", "question": "Dogs?"},
+        {"source": "s", "id": "a", "question": "How many  cats?"},
+        {"source": "s", "id": "b", "question": "how many\ncats? "},
+        {"source": "s", "id": "c", "question": "Dogs?"},
+        {"source": "s", "id": "c", "question": "Birds?"},  # another question under an id already taken
+        {"source": "t", "id": "c", "question": "Fish?"},
     ]
     kept, dropped = dedupe(rows)
-    assert [row["id"] for row in kept] == ["a", "c"] and dropped == 1
+    assert [row["question"] for row in kept] == ["How many  cats?", "Dogs?", "Fish?"] and dropped == 2
 
 
 @pytest.fixture(scope="module")
