@@ -1,7 +1,8 @@
-"""claire.generate: make a training dataset: traces from a teacher model (claire.teach), or the causal suite.
+"""claire.generate: make a training dataset: traces from a teacher model (claire.teacher), or the causal suite.
 
 Causal suite splits: graph shapes (isomorphism invariants) are hashed; a share of shapes goes only to the test split, so
-test accuracy can be read separately on shapes seen and unseen in training. The rest are split by row id.
+test accuracy can be read separately on shapes seen and unseen in training. The rest are split by a hash of the
+question text: the everyday stories repeat, and a question drawn twice must not be both trained on and tested.
 """
 
 import asyncio
@@ -50,11 +51,12 @@ def bucket(key: str, seed: int) -> float:
 
 
 def assign_splits(rows: list[dict], cfg: DictConfig) -> list[dict]:
-    """train / eval / test by row id, except rows of held-out shapes, which are all test."""
+    """train / eval / test by a hash of the question text (so a question drawn twice cannot sit on both sides),
+    except rows of held-out shapes, which are all test."""
     for row in rows:
         row["shape"] = shape(row["edges"])
         row["unseen_shape"] = bucket(row["shape"], cfg.seed) < cfg.unseen_shape_fraction
-        u = bucket(row["id"], cfg.seed)
+        u = bucket(" ".join(row["question"].lower().split()), cfg.seed)  # a repeated question stays in one split
         if row["unseen_shape"]:
             row["split"] = "test"
         else:
@@ -264,6 +266,12 @@ def run_api(cfg: DictConfig) -> Path:
     available = {s: len(rows) for s, rows in candidates.items()}
     quotas = allocate(total, {s: cfg.mix.weights[s] for s in candidates}, available)
     out = Path(cfg.out)
+    open_batches = teacher.BatchState(out / "batches.jsonl").open_batches()
+    if open_batches and cfg.api.mode != "batch":
+        raise ClaireError(
+            f"out={out} has {len(open_batches)} submitted batch(es) not yet collected; rerun with api.mode=batch to "
+            "collect them (asking online would pay for the same answers again)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     ledger = teacher.Ledger(out / "ledger.jsonl")
     try:

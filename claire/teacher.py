@@ -8,6 +8,7 @@ Rejection sampling: a question is asked again (next sample, next seed) until one
 """
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import math
@@ -59,8 +60,13 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries = {entry["key"]: entry for entry in read_jsonl(path)}
         self.file = path.open("a", encoding="utf-8")
+        try:  # one writer per ledger: a second run on the same folder would ask everything twice
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise ClaireError(f"another claire.generate is writing {path}; wait for it or choose another out") from None
+        self.entries = {entry["key"]: entry for entry in read_jsonl(path)}
 
     def append(self, entry: dict) -> bool:
         """Record one response durably; False when its key is already recorded (nothing is written twice)."""

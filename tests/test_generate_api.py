@@ -350,3 +350,20 @@ def test_pacer_waits_for_the_token_budget():
         return time.monotonic() - start
 
     assert asyncio.run(two()) >= 0.45
+
+
+def test_one_writer_per_ledger(tmp_path):
+    first = teacher.Ledger(tmp_path / "ledger.jsonl")
+    with pytest.raises(ClaireError, match="another claire.generate is writing"):
+        teacher.Ledger(tmp_path / "ledger.jsonl")
+    first.close()
+    teacher.Ledger(tmp_path / "ledger.jsonl").close()
+
+
+def test_open_batches_must_be_collected_before_going_online(questions, tmp_path):
+    out = tmp_path / "gen"
+    out.mkdir()
+    teacher.BatchState(out / "batches.jsonl").add("batch_9", 20)
+    with ScriptedServer(answer_for=answer_for) as server, pytest.raises(ClaireError, match="rerun with api.mode=batch"):
+        run(compose_api(server, questions, out))
+    assert server.counts["received"] == 0
