@@ -367,3 +367,9 @@ def test_open_batches_must_be_collected_before_going_online(questions, tmp_path)
     with ScriptedServer(answer_for=answer_for) as server, pytest.raises(ClaireError, match="rerun with api.mode=batch"):
         run(compose_api(server, questions, out))
     assert server.counts["received"] == 0
+
+
+def test_a_request_stalled_past_the_timeout_is_retried_by_the_client(questions, tmp_path):
+    with ScriptedServer(answer_for=answer_for, plan=["stall"], stall_seconds=5) as server:
+        out = run(compose_api(server, questions, tmp_path / "gen", "api.timeout=0.5", "api.max_concurrency=1"))
+    assert server.counts["stall"] == 1 and server.counts["received"] == 21 == len(ledger_entries(out)) + 1
