@@ -199,9 +199,8 @@ def draw_questions(cfg: DictConfig) -> tuple[dict[str, list[dict]], dict[str, Co
     overlap = sources.Overlap(references, cfg.ngram, cfg.boilerplate_docs, exact=cfg.exact_match)
     kept, removed = sources.decontaminate(rows, overlap)
     clean = Counter(row["source"] for row in kept)
-    before = Counter(row["source"] for row in kept)
     kept, _ = sources.dedupe(kept)
-    duplicates = before - Counter(row["source"] for row in kept)
+    duplicates = clean - Counter(row["source"] for row in kept)
     counts = {name: Counter(available=sum(r["source"] == name for r in rows)) for name in names}
     for name in names:
         counts[name]["overlap"] = counts[name]["available"] - clean[name]  # rows removed (once, whatever matched)
@@ -222,9 +221,8 @@ def allocate(total: int, weights: dict[str, float], available: dict[str, int]) -
         remaining, weight_sum = total - sum(quotas.values()), sum(weights[s] for s in open_sources)
         exact = {s: remaining * weights[s] / weight_sum for s in open_sources}
         share = {s: int(exact[s]) for s in open_sources}
-        for s in sorted(open_sources, key=lambda s: exact[s] - share[s], reverse=True)[
-            : remaining - sum(share.values())
-        ]:
+        largest_remainders = sorted(open_sources, key=lambda s: exact[s] - share[s], reverse=True)
+        for s in largest_remainders[: remaining - sum(share.values())]:
             share[s] += 1
         for s in open_sources:
             quotas[s] += min(share[s], available[s] - quotas[s])
@@ -306,12 +304,13 @@ def stop_if_unfinished(engine: teacher.Teacher, done: int, wanted: int) -> None:
     failed = sum(outcome.failures.values())
     if done >= wanted or not (outcome.stopped or failed):
         return
-    why = "the budget would be exceeded" if outcome.stopped == "budget" else outcome.stopped
-    why = why or f"{failed} requests failed after retries ({', '.join(outcome.failures)})"
+    if outcome.stopped == "budget":
+        why, how = "the budget would be exceeded", " with a higher budget_usd"
+    else:
+        why, how = outcome.stopped or f"{failed} requests failed after retries ({', '.join(outcome.failures)})", ""
     raise ClaireError(
         f"stopped at {done} of {wanted} rows because {why}; spent ${engine.budget.spent:.2f}. Everything is kept in "
-        f"{engine.ledger.path}: rerun the same command to go on"
-        + (" with a higher budget_usd" * (why.startswith("the budget")))
+        f"{engine.ledger.path}: rerun the same command to go on{how}"
     )
 
 
