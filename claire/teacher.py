@@ -199,6 +199,7 @@ class Teacher:
         self.outcome = Outcome()
         self.rows = {(row["source"], row["id"]): row for rows in job.candidates.values() for row in rows}
         self.settings = settings_hash(job.api)
+        self.answered_before = any(entry.get("settings") == self.settings for entry in ledger.entries.values())
         self.budget = Budget(job.budget, ledger.cost())
         self.settled = asyncio.Condition()
         self.pacer = Pacer(job.api.rpm, job.api.tpm)
@@ -325,7 +326,7 @@ class Teacher:
         except FATAL as error:
             raise ClaireError(f"the API refused the request ({describe(error)}); check api.* in the config") from None
         except REFUSED as error:
-            if not self.outcome.answered:  # nothing answered yet: a setting is wrong, not this one question
+            if not (self.outcome.answered or self.answered_before):  # nothing ever answered: a setting is wrong
                 raise ClaireError(f"the API rejected the request ({describe(error)}); check api.*") from None
             return self.refusal(error)
         except openai.APIError as error:  # the client's own retries (429, 5xx, timeouts) are spent

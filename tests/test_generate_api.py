@@ -373,3 +373,13 @@ def test_a_request_stalled_past_the_timeout_is_retried_by_the_client(questions, 
     with ScriptedServer(answer_for=answer_for, plan=["stall"], stall_seconds=5) as server:
         out = run(compose_api(server, questions, tmp_path / "gen", "api.timeout=0.5", "api.max_concurrency=1"))
     assert server.counts["stall"] == 1 and server.counts["received"] == 21 == len(ledger_entries(out)) + 1
+
+
+def test_after_a_resume_a_refusal_is_the_questions_not_the_settings(questions, tmp_path):
+    stop = ["api.max_retries=0", "api.max_concurrency=1", "api.max_consecutive_failures=1"]
+    first = ScriptedServer(answer_for=answer_for, plan=["good"] * 3, default="500")
+    with first as server, pytest.raises(ClaireError, match="stopped at 3 of 20"):
+        run(compose_api(server, questions, tmp_path / "gen", *stop))
+    with ScriptedServer(answer_for=answer_for, plan=["400"]) as server:
+        out = run(compose_api(server, questions, tmp_path / "gen", *stop))
+    assert json.loads((out / "summary.json").read_text())["rejections"] == {"refused": 1}
