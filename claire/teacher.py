@@ -30,6 +30,7 @@ from claire import ClaireError
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 REFUSED = (openai.BadRequestError, openai.UnprocessableEntityError)
 TERMINAL_BATCH = ("completed", "failed", "expired", "cancelled")
+BATCH_LIMIT = 50_000
 SETTINGS = ("temperature", "max_tokens", "seed", "extra_body")
 
 
@@ -417,7 +418,8 @@ class Teacher:
                 if round_index == self.job.api.max_batch_rounds:
                     self.outcome.stopped = f"api.max_batch_rounds={round_index} rounds did not finish it"
                     break
-                await self.submit(state, lines, tag)
+                for start in range(0, len(lines), BATCH_LIMIT):  # the Batch API takes 50,000 requests a file
+                    await self.submit(state, lines[start : start + BATCH_LIMIT], tag)
         except openai.NotFoundError as error:
             raise ClaireError(
                 f"api.base_url={self.job.api.base_url} has no Batch API ({describe(error)}); use api.mode=online"

@@ -281,6 +281,14 @@ def test_prices_match_dated_snapshots_and_batch_halves_them():
     assert teacher.cost_usd(1_000_000, 500_000, prices["gpt-4.1"], discount=0.5) == pytest.approx(3.0)
 
 
+def test_batch_mode_splits_a_round_into_files_of_the_apis_limit(questions, tmp_path, monkeypatch):
+    monkeypatch.setattr(teacher, "BATCH_LIMIT", 8)
+    with ScriptedServer(answer_for=answer_for) as server:
+        out = run(compose_api(server, questions, tmp_path / "gen", "api.mode=batch", "api.poll_seconds=0.01"))
+    states = [json.loads(line) for line in (out / "batches.jsonl").read_text().splitlines()]
+    assert [s["requests"] for s in states if not s["collected"]] == [8, 8, 4]
+
+
 def test_batch_mode_stops_when_its_rounds_run_out(questions, tmp_path):
     rounds = ["api.mode=batch", "api.poll_seconds=0.01", "api.max_batch_rounds=1"]
     with ScriptedServer(answer_for=answer_for, default="wrong") as server:
