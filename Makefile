@@ -9,7 +9,7 @@ ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup train test test-fast lint format bench-train bench-generate sample demo-causal clean-venv
+.PHONY: setup train test test-fast lint format bench-train bench-generate bench-eval evaluate sample demo-causal clean-venv
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)  ## the embedded default: SmolLM2-135M + LoRA r64 on the causal sample, on this CPU
 	$(PY) -m claire.train $(ARGS)
+
+evaluate: $(STAMP)  ## claire.evaluate: e.g. make evaluate ARGS="run=experiments/<run>/<timestamp> suite=generative"
+	$(PY) -m claire.evaluate $(ARGS)
 
 test: $(STAMP)  ## everything, slow end-to-end runs included (what CI runs)
 	$(PY) -m pytest -m "slow or not slow" $(ARGS)
@@ -41,6 +44,9 @@ bench-train: $(STAMP)  ## claire.train vs a plain trl script: non-padding tokens
 
 bench-generate: $(STAMP)  ## teacher throughput under a rate limit (scripted server): share of the limit vs one at a time
 	$(PY) benchmarks/bench_generate.py $(ARGS)
+
+bench-eval: $(STAMP)  ## claire.evaluate vs lm-eval's CLI at its default batch size: wall time on 40 gsm8k items
+	$(PY) benchmarks/bench_eval.py $(ARGS)
 
 sample: $(STAMP)  ## regenerate the embedded sample data (deterministic)
 	$(PY) -m claire.causal

@@ -1,4 +1,5 @@
-"""Reading the final answer out of a model's output, and judging a causal-suite answer against its gold.
+"""Reading the final answer out of a model's output, and judging a causal-suite answer against its gold;
+read_answer / equivalent / has_answer_marker do the same for benchmark answers (lm-eval's `claire` filter).
 
 The final answer is the text after `<|im_start|>answer` (or a bare `answer` line, which is how it decodes when
 special tokens are skipped), else after the last `</think>`, else the last non-empty line; a leading
@@ -21,14 +22,27 @@ NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)")
 
 def final_answer(output: str) -> str:
     """The model's final answer as plain text."""
+    marked = _marked(output)
+    return _clean(marked if marked is not None else _last_line(output))
+
+
+def _marked(output: str) -> str | None:
+    """The text after the first answer marker that is followed by any, or None."""
     for pattern in ANSWER_MARKERS:
         found = pattern.findall(output)
         if found and found[-1].strip():
-            text = found[-1].strip()
-            break
-    else:
-        lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
-        text = lines[-1] if lines else ""
+            return found[-1].strip()
+    return None
+
+
+def _last_line(output: str) -> str:
+    """The last non-empty line."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _clean(text: str) -> str:
+    """The first line of an answer, without markdown bold, a leading 'The answer is' and a trailing full stop."""
     text = text.replace("<|im_end|>", "").strip().splitlines()[0] if text.strip() else ""
     text = text.replace("**", "").replace("__", "").strip("* ")  # markdown bold around the answer or its lead
     return LEAD.sub("", text).strip().rstrip(".").strip()
@@ -120,3 +134,102 @@ def answer_matches(answer: str, gold: str, kind: str) -> bool:
 def _normal(expression: str) -> str:
     """A LaTeX expression with spacing, sizing and fraction-style noise removed, for string comparison."""
     return re.sub(r"\s+", "", _plain(re.sub(r"\\[dt]frac", r"\\frac", expression))).lower()
+
+
+# Reading the answer of a benchmark output (lm-eval's `claire` filter, claire.evaluate): kinds number, choice, math.
+KINDS = ("number", "choice", "math")
+STATEMENT = re.compile(r"####\s*([^\n]*)|\b(?:answer|option|choice)\s*(?:is|:)\s*([^\n]*)", re.IGNORECASE)
+SENTENCE_END = re.compile(r"\.(?=\s|$)")  # a full stop, not a decimal point
+EXPLANATION = re.compile(r"\b(?:because|since|as|which)\b|\(", re.IGNORECASE)
+CONCLUSION = re.compile(
+    r"\b(?:so|thus|therefore|hence|is|are|was|were|equals?|makes?|gives?|gets?|totals?)\b|=|≈|:", re.IGNORECASE
+)
+NUMERIC = re.compile(rf"-?\d+\s*/\s*\d+|{NUMBER.pattern}")
+PAREN_CHOICE = re.compile(r"\(([A-D])\)")
+BARE_CHOICE = re.compile(r"(?:option\s+)?\(?[A-D]\)?", re.IGNORECASE)
+BARE_LEAD = re.compile(r"^(?:so|thus|therefore|hence)\b,?\s*", re.IGNORECASE)
+
+
+def has_answer_marker(output: str) -> bool:
+    """Whether the output marks its final answer the Claire way (<|im_start|>answer, a bare answer line, </think>)."""
+    return any(pattern.search(output) for pattern in ANSWER_MARKERS)
+
+
+def read_answer(output: str, kind: str) -> str | None:
+    """The final answer of a kind ('number', 'choice' letter or 'math') an output states, or None if it states none.
+
+    Where: after a Claire answer marker, else the last '#### ...', \\boxed{...} or 'the answer is / Answer: ...'
+    statement, else a last line holding nothing but the answer ('72', 'So (C).'); a trace with numbers but no
+    such statement has none. In a statement with several numbers the first sentence counts, an explanation
+    ('because ...', '(...)') is dropped, and the number after its last conclusion word ('so', 'is', '=', ...)
+    wins, else its first number.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {KINDS}")
+    output = output.replace("\u2212", "-")
+    stated = _stated(output)
+    if stated is not None:
+        return _read(stated, kind)
+    line = BARE_LEAD.sub("", _clean(_last_line(output)))
+    return _read(line, kind) if _bare(line, kind) else None
+
+
+def equivalent(answer: str, gold: str, kind: str) -> bool:
+    """Whether a read answer equals the gold: the same letter for 'choice', else math-verify's verdict."""
+    if kind == "choice":
+        return _letter(answer) is not None and _letter(answer) == _letter(gold)
+    from math_verify import parse, verify  # the eval extra; imported here so training never needs it
+
+    def parsed(text: str) -> list:
+        """math-verify's reading of a bare answer; timeouts off, as its signals work only in the main thread."""
+        return parse(f"${_plain(unbox(text))}$", parsing_timeout=None)
+
+    return bool(verify(parsed(gold), parsed(answer), timeout_seconds=None))
+
+
+def _stated(output: str) -> str | None:
+    """The text of the output's final answer statement: after a Claire marker, else the last one in plain CoT."""
+    marked = _marked(output)
+    if marked is not None:
+        return _clean(unbox(marked))
+    found = [(m.start(), m.group(1) if m.group(1) is not None else m.group(2)) for m in STATEMENT.finditer(output)]
+    boxes = list(BOXED.finditer(output))
+    if boxes and last_boxed(output):
+        found.append((boxes[-1].start(), last_boxed(output)))
+    return _clean(unbox(max(found)[1])) if found else None
+
+
+def _bare(line: str, kind: str) -> bool:
+    """Whether a line holds nothing but an answer: a number ('$18.00', '3/4') or a letter ('(B)', 'Option B')."""
+    if kind == "number":
+        return _as_number(line) is not None
+    return kind == "choice" and BARE_CHOICE.fullmatch(line) is not None
+
+
+def _read(text: str, kind: str) -> str | None:
+    """The answer of a kind in a statement's text, or None."""
+    text = SENTENCE_END.split(text)[0].strip()
+    if kind == "choice":
+        return _letter(text)
+    if kind == "number":
+        return _number(text)
+    return _plain(text) or None
+
+
+def _letter(text: str) -> str | None:
+    """'B', '(B)', 'b)', 'Option B', 'B) 42 kJ', '42 kJ (B)' -> 'B', else None."""
+    plain = _plain(text)
+    found = CHOICE.match(plain) or PAREN_CHOICE.search(plain)
+    return found.group(1).upper() if found else None
+
+
+def _number(text: str) -> str | None:
+    """The answer number of a statement ('3 apples at $2 each, so 6' -> '6'; '18 because 9 * 2' -> '18')."""
+    text = _plain(text)
+    head = EXPLANATION.split(text)[0]
+    text = head if NUMERIC.search(head) else text
+    for segment in reversed(CONCLUSION.split(text)):
+        found = NUMERIC.search(segment)
+        if found:
+            return found.group(0).lstrip("+").rstrip(".").replace(" ", "")
+    return None

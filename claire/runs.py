@@ -61,6 +61,14 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("claire_if_cpu_bf16", if_cpu_bf16, replace=True)
     OmegaConf.register_new_resolver("claire_run_dir", run_dir, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("claire_lora_tag", lora_tag, replace=True)
+    OmegaConf.register_new_resolver("claire_eval_dir", eval_dir, use_cache=True, replace=True)
+
+
+def eval_dir(run: Any, model_name: str, suite: str) -> str:
+    """Resolver for claire.evaluate's output_dir: inside the run folder evaluated, else under experiments/eval."""
+    if run:
+        return f"{run}/eval/{suite}-{STARTED}"
+    return f"experiments/eval/{model_name}/{suite}-{STARTED}"
 
 
 def check_run_dir(path: Path, cfg: DictConfig) -> str | None:
@@ -136,10 +144,10 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
-def manifest(cfg: DictConfig, data_fingerprint: str, data_counts: dict) -> dict[str, Any]:
-    """Versions, git state, data fingerprint, seed and hardware: what it takes to trust and redo a run."""
+def manifest(cfg: DictConfig, data: dict | None = None, packages: list[str] = VERSIONED) -> dict[str, Any]:
+    """Versions, git state, data (path, fingerprint, rows), seed and hardware: what it takes to trust and redo a run."""
     versions = {}
-    for name in VERSIONED:
+    for name in packages:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -154,7 +162,7 @@ def manifest(cfg: DictConfig, data_fingerprint: str, data_counts: dict) -> dict[
         "python": platform.python_version(),
         "packages": versions,
         "git": git_state(),
-        "data": {"path": str(cfg.data.path), "fingerprint": data_fingerprint, "rows": data_counts},
+        "data": data,
         "hardware": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),

@@ -56,7 +56,10 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
         (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(runs.resolved(cfg))))
     runs.write_json(out / "data_report.json", data_report)
     fingerprint = data.fingerprint(train_set, eval_set)
-    runs.write_json(out / "manifest.json", runs.manifest(cfg, fingerprint, data_report["kept"]))
+    runs.write_json(
+        out / "manifest.json",
+        runs.manifest(cfg, {"path": str(cfg.data.path), "fingerprint": fingerprint, "rows": data_report["kept"]}),
+    )
     tracker_id = start_tracking(cfg, out)
     model = models.load_model(cfg.model, quant, tokenizer)
     if lora is not None and cfg.model.markers == "special":

@@ -32,6 +32,12 @@ def compose_generate(*overrides: str) -> DictConfig:
         return compose("generate", overrides=list(overrides))
 
 
+def compose_evaluate(*overrides: str) -> DictConfig:
+    """conf/evaluate.yaml composed with overrides, as `python -m claire.evaluate` would."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("evaluate", overrides=list(overrides))
+
+
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The embedded SmolLM2 converted once from its GGUF file (cached under ~/.cache/claire)."""

@@ -13,11 +13,12 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-BEHAVIOURS = ("good", "wrong", "malformed", "truncated", "429", "500", "stall", "400")
+BEHAVIOURS = ("good", "wrong", "malformed", "truncated", "429", "500", "stall", "400", "401")
 ERRORS = {
     "429": {"message": "Rate limit reached", "type": "rate_limit_error", "code": "rate_limit_exceeded"},
     "500": {"message": "Scripted server error", "type": "server_error", "code": None},
     "400": {"message": "Scripted invalid request", "type": "invalid_request_error", "code": None},
+    "401": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"},
     "503": {"message": "Scripted stall released", "type": "server_error", "code": None},
 }
 TRACE = (
@@ -43,7 +44,8 @@ def wrong_answer(right: str) -> str:
 
 
 class ScriptedServer:
-    """An OpenAI-compatible server whose chat completions follow a plan of behaviours, then a default one."""
+    """An OpenAI-compatible server whose chat completions follow a plan of behaviours, then a default one; `reply`,
+    when given, writes the text of every successful completion from the request's messages and model name."""
 
     def __init__(
         self,
@@ -54,10 +56,12 @@ class ScriptedServer:
         rpm: int | None = None,
         stall_seconds: float = 30.0,
         batch_polls: int = 1,
+        reply: Callable[[list[dict], str], str] | None = None,
     ) -> None:
         for behaviour in [*plan, default]:
             self._check(behaviour)
         self.answer_for = answer_for or (lambda _question: "42")
+        self.reply = reply  # when given: the content of every 200 reply, from the request's messages and model
         self.plan = collections.deque(plan)
         self.default = default
         self.latency, self.rpm, self.stall_seconds, self.batch_polls = latency, rpm, stall_seconds, batch_polls
@@ -147,10 +151,13 @@ class ScriptedServer:
     def _completion(self, body: dict, behaviour: str) -> dict:
         """The chat.completion object for a 200 behaviour."""
         messages = body.get("messages") or []
-        users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
-        right = self.answer_for(users[-1] if users else "")
-        answer = wrong_answer(right) if behaviour == "wrong" else right
-        content = TRACE.format(close="" if behaviour == "malformed" else "</causality>\n") + answer
+        if self.reply is not None:
+            content = self.reply(messages, body.get("model", ""))
+        else:
+            users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+            right = self.answer_for(users[-1] if users else "")
+            answer = wrong_answer(right) if behaviour == "wrong" else right
+            content = TRACE.format(close="" if behaviour == "malformed" else "</causality>\n") + answer
         prompt = max(1, len("".join(_text(m.get("content")) for m in messages)) // 4)
         completion = max(1, len(content) // 4)
         return {

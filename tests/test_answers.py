@@ -3,7 +3,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from claire.answers import answer_matches, causal_correct, final_answer
+from claire.answers import answer_matches, causal_correct, equivalent, final_answer, has_answer_marker, read_answer
 from claire.causal import generate_rows
 from claire.verify import judge
 
@@ -83,6 +83,78 @@ def test_every_reference_trace_is_judged_right_in_every_format():
 )
 def test_answer_matches_by_kind(answer, gold, kind, expected):
     assert answer_matches(answer, gold, kind) is expected
+
+
+NATIVE = "<|im_start|>think\nShe sells 16 - 3 - 4 = 9 eggs.\n<|im_start|>causality\neggs -> money\n<|im_start|>answer\n"
+
+
+@pytest.mark.parametrize(
+    ("output", "kind", "answer"),
+    [
+        (NATIVE + "18<|im_end|>", "number", "18"),  # Claire native
+        ("think\n9 * 2 = 18\ncausality\neggs -> money\nanswer\nThe answer is $18.", "number", "18"),  # decoded
+        ("<think>9 * 2 = 18</think>\n18 dollars", "number", "18"),  # after the last </think>, a unit
+        ("9 * 2 = 18, minus 2 for the feed.\nThe answer is 16.", "number", "16"),  # plain chain of thought
+        ("She earns 9 * 2 = 18.\nFinal answer: $1,080.00", "number", "1080.00"),
+        ("so she makes 9 * 2 = 18 dollars.\n#### 18", "number", "18"),
+        ("The total is \\boxed{70,000}.", "number", "70000"),
+        ("answer\n18.", "number", "18"),
+        ("answer\n3 apples at $2 each, so 6", "number", "6"),  # several numbers: the one after the conclusion
+        ("answer\n18 because 16 - 3 - 4 = 9 eggs at $2", "number", "18"),  # a trailing explanation
+        ("answer\n18. Then 9 * 2 = 18 - 0", "number", "18"),  # the first sentence counts
+        ("answer\nThe temperature fell to \u22125 degrees.", "number", "-5"),  # unicode minus
+        ("answer\n3/4 of a pie", "number", "3/4"),
+        ("She had 5 apples and ate 2, leaving 3 apples.", "number", None),  # numbers, but no answer line
+        ("<|im_start|>think\n12 and 7<|im_end|>", "number", None),
+        ("answer\nI am not sure.", "number", None),
+        ("Adding 5 and 3 gives:\n8", "number", "8"),  # a last line that is only the answer
+        ("Thus the answer is (B).", "choice", "B"),
+        ("The correct answer is B because A is wrong.", "choice", "B"),
+        ("answer\nB) 42 kJ", "choice", "B"),
+        ("answer\nOption c", "choice", "C"),
+        ("answer\n4.2 eV (D)", "choice", "D"),
+        ("Options (A) and (C) look close; (C) fits.\nSo (C).", "choice", "C"),
+        ("Options (A) and (C) look close.", "choice", None),  # letters in the trace, no answer
+        ("Therefore $\\boxed{\\dfrac{1}{2}}$.", "math", "\\dfrac{1}{2}"),
+        (NATIVE + "\\frac{3}{4}<|im_end|>", "math", "\\frac{3}{4}"),
+    ],
+)
+def test_read_answer(output, kind, answer):
+    assert read_answer(output, kind) == answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "kind", "expected"),
+    [
+        ("1080.00", "1080", "number", True),
+        ("1080", "1,080", "number", True),
+        ("70000", "70,000", "number", True),
+        ("-5", "5", "number", False),
+        ("-5", "\u22125", "number", True),
+        ("3/4", "0.75", "number", True),
+        ("17", "18", "number", False),
+        ("B", "(B)", "choice", True),
+        ("C", "(B)", "choice", False),
+        ("0.5", "\\frac{1}{2}", "math", True),
+        ("\\dfrac{1}{2}", "\\boxed{\\frac{1}{2}}", "math", True),
+        ("2\\pi", "\\pi \\cdot 2", "math", True),
+        ("\\sqrt{2}", "\\sqrt{3}", "math", False),
+        ("12", "1, 2", "math", False),
+    ],
+)
+def test_equivalent(answer, gold, kind, expected):
+    pytest.importorskip("math_verify")
+    assert equivalent(answer, gold, kind) is expected
+
+
+def test_has_answer_marker():
+    assert has_answer_marker(NATIVE + "18") and has_answer_marker("think\nx\nanswer\n18")
+    assert has_answer_marker("<think>x</think>18") and not has_answer_marker("So the answer is 18.")
+
+
+def test_read_answer_names_the_kinds():
+    with pytest.raises(ValueError, match="kind='causal'"):
+        read_answer("yes", "causal")
 
 
 RULES = OmegaConf.create({"require_correct": True, "min_trace_chars": 40, "max_chars": 2000, "max_answer_chars": 50})

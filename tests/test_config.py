@@ -6,14 +6,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF, ROOT, compose_generate, compose_train
+from conftest import CONF, ROOT, compose_evaluate, compose_generate, compose_train
 
-from claire import ClaireError, checks, generate, runs
+from claire import ClaireError, checks, evaluate, generate, runs
 
-GENERATE_GROUPS = {"source", "mix", "prompt", "api"}  # groups of conf/generate.yaml; the rest belong to train
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in {"hydra", *GENERATE_GROUPS})
+GENERATE_GROUPS = {"source", "mix", "prompt", "api"}  # groups of conf/generate.yaml
+EVALUATE_GROUPS = {"suite", "backend", "judge", "model"}  # groups of conf/evaluate.yaml (model is shared with train)
+OWN = {"hydra", *GENERATE_GROUPS, *EVALUATE_GROUPS - {"model"}}
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in OWN)  # the rest belong to train
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 GENERATE_OPTIONS = [(g, f.stem) for g in sorted(GENERATE_GROUPS) for f in sorted((CONF / g).glob("*.yaml"))]
+EVALUATE_OPTIONS = [(g, f.stem) for g in sorted(EVALUATE_GROUPS) for f in sorted((CONF / g).glob("*.yaml"))]
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -34,6 +37,16 @@ def test_each_generate_option_composes_and_passes_checks(group, option, tmp_path
         assert generate.check_api(cfg) is not None  # every teacher has a price (0 for local servers)
         assert sum(generate.allocate(cfg.mix.train + cfg.mix.eval, dict(cfg.mix.weights), {}.fromkeys(
             cfg.mix.weights, 10**6)).values()) == cfg.mix.train + cfg.mix.eval  # fmt: skip
+
+
+@pytest.mark.parametrize(("group", "option"), EVALUATE_OPTIONS)
+def test_each_evaluate_option_composes_and_passes_checks(group, option, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cfg = compose_evaluate(f"{group}={option}", f"output_dir={tmp_path}")
+    if cfg.backend.name == "api" and cfg.tasks is None:
+        cfg.suite.tasks = ["claire_gsm8k_chat"]  # chat completions score generative tasks only (tested below)
+    names, _ = evaluate.check(cfg)
+    assert names == list(cfg.suite.tasks)
 
 
 def test_generate_defaults_are_the_reports_method():

@@ -143,3 +143,14 @@ def test_batch_round_trip():
     assert done.request_counts.total == 3 and done.request_counts.completed == 2 and done.request_counts.failed == 1
     assert server.counts["batch_lines"] == 3 and server.counts["answered"] == 2 and server.counts["received"] == 3
     assert [r["messages"][0]["content"] for r in server.requests] == ["q1", "q2", "q3"]
+
+
+def test_reply_writes_the_content_from_the_messages_and_the_plan_still_applies():
+    def reply(messages: list[dict], model: str) -> str:
+        return f"{model}: {len(messages)} messages, last: {messages[-1]['content']}"
+
+    with ScriptedServer(reply=reply, plan=["429", "good", "truncated"]) as server:
+        first, second = (ask(server, max_retries=1).choices[0] for _ in range(2))
+    assert first.message.content == "m: 2 messages, last: What is 6*7?" and first.finish_reason == "stop"
+    assert second.message.content == first.message.content and second.finish_reason == "length"
+    assert server.counts["429"] == 1 and server.counts["received"] == 3 and server.counts["answered"] == 2

@@ -1,0 +1,272 @@
+"""claire.evaluate: a model, or a training run's base and fine-tuned models side by side, on lm-eval tasks.
+
+Both models of a run are evaluated by lm-eval's own `simple_evaluate` with identical settings (tasks, shots, chat
+template, generation settings, seeds); the only difference is the adapter. Every result lands in one folder:
+lm-eval's results and per-sample logs for each model, `results.json` (one row per task, metric and filter, the
+paired comparisons, format failures, the "false wrong" counts), `metrics.json` and `summary.md`.
+"""
+
+import contextlib
+import difflib
+import functools
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from claire import ClaireError, runs
+
+runs.register_resolvers()
+log = logging.getLogger("claire.evaluate")
+
+BACKENDS = {"hf": "hf", "vllm": "vllm", "api": "local-chat-completions"}
+PACKAGES = [*runs.VERSIONED, "lm_eval", "math-verify", "openai", "vllm"]
+STRICT, CLAIRE, JUDGE = "strict-match", "claire", "judge"
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Check the config, evaluate each model, write the result folder; return the objective (if one is set)."""
+    task_names, manager = check(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(runs.resolved(cfg))))
+    runs.write_json(
+        out / "manifest.json", runs.manifest(cfg, {"tasks": task_names, **OmegaConf.to_container(cfg.data)}, PACKAGES)
+    )
+    if cfg.threads or not _cuda():
+        import torch
+
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    evaluated = {}
+    for label, (lm, args) in subjects(cfg).items():
+        log.info("Evaluating %s (%s) on %s", label, args.get("pretrained") or args.get("model"), task_names)
+        evaluated[label] = evaluate_model(cfg, lm, args, task_names, manager, out / label)
+    from claire import scoring
+
+    report = scoring.score(cfg, evaluated, out)
+    runs.write_json(out / "results.json", report)
+    runs.write_json(out / "metrics.json", report["metrics"])
+    (out / "summary.md").write_text(report["summary"])
+    print(report["summary"])
+    print(f"claire.evaluate: done; results in {out}")
+    if cfg.objective is None:
+        return None
+    return float(report["metrics"][cfg.objective])
+
+
+def check(cfg: DictConfig) -> tuple[list[str], Any]:
+    """One-line errors for a bad config, before any model loads; returns the task names and lm-eval's TaskManager."""
+    if cfg.backend.name not in BACKENDS:
+        raise ClaireError(f"backend={cfg.backend.name} is not a backend; choose one of {list(BACKENDS)}")
+    if cfg.run:
+        adopt_run(cfg)
+    elif cfg.merged:
+        raise ClaireError("merged=true needs run=<a claire.train run folder>")
+    if (Path(cfg.output_dir) / "results.json").exists():
+        raise ClaireError(f"output_dir={cfg.output_dir} already holds results; choose another output_dir")
+    for key, value in cfg.data.items():
+        if isinstance(value, str) and key.endswith(("_file", "_dir")) and not Path(value).exists():
+            raise ClaireError(f"data.{key}={value} does not exist; give an existing file or folder, or drop the key")
+    names = list(cfg.tasks if cfg.tasks is not None else cfg.suite.tasks)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ClaireError(f"tasks={names} must be a non-empty list of lm-eval task names")
+    manager = task_manager(cfg)
+    for name in names:
+        if name not in manager.all_tasks:
+            close = difflib.get_close_matches(name, manager.all_tasks, n=5)
+            raise ClaireError(f"task {name} is not an lm-eval task (Claire's included); close ones: {close}")
+    if cfg.backend.name == "api":
+        if cfg.backend.key_env and cfg.backend.key_env not in os.environ:
+            raise ClaireError(f"backend.key_env={cfg.backend.key_env} is not set in the environment; export it")
+        scored = [n for n in names if _output_type(manager, n) not in (None, "generate_until")]
+        if scored:
+            raise ClaireError(
+                f"backend=api cannot score {scored}: chat completions give no log-likelihoods; "
+                "use backend=hf or backend=vllm, or the generative variants (suite=generative)"
+            )
+    if cfg.judge.enabled:
+        from claire import judge
+
+        judge.check(cfg.judge)
+    if cfg.objective is not None and not str(cfg.objective).startswith(("base/", "tuned/", "model/")):
+        raise ClaireError(f"objective={cfg.objective} is not a metrics.json key; they read <model>/<task>/<metric>")
+    return names, manager
+
+
+def adopt_run(cfg: DictConfig) -> None:
+    """Take the base model's settings from a claire.train run folder, after checking it holds what is evaluated."""
+    folder = Path(cfg.run)
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        raise ClaireError(f"run={folder} is not a claire.train run folder (no config.yaml); pass the folder it printed")
+    needed = folder / ("merged/config.json" if cfg.merged else "adapter/adapter_config.json")
+    if not needed.is_file():
+        hint = "train with merge=true, or drop merged=true" if cfg.merged else "it has no adapter: did training finish?"
+        raise ClaireError(f"run={folder} has no {needed.relative_to(folder)}; {hint}")
+    cfg.model = OmegaConf.load(saved).model
+
+
+def task_manager(cfg: DictConfig) -> Any:
+    """lm-eval's TaskManager with Claire's tasks included and cfg.data passed to them as metadata."""
+    given = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if v is not None}
+    return _task_manager(json.dumps(given, sort_keys=True))
+
+
+@functools.cache
+def _task_manager(metadata: str) -> Any:
+    """One TaskManager per metadata: indexing lm-eval's few thousand task files takes seconds."""
+    from lm_eval.tasks import TaskManager
+
+    from claire import tasks
+
+    return TaskManager(include_path=str(tasks.PATH), metadata=json.loads(metadata) or None)
+
+
+def _output_type(manager: Any, name: str) -> str | None:
+    """A task's output_type from its YAML, includes followed (None for groups and tags, which may mix types)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = manager.task_index.get(name)
+    if entry is None or entry.yaml_path is None or entry.kind.name != "TASK":
+        return None
+    return load_yaml(entry.yaml_path, resolve_func=False).get("output_type")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def subjects(cfg: DictConfig) -> dict[str, tuple[str, dict]]:
+    """The models to evaluate: {"base": ..., "tuned": ...} for a run, {"model": ...} alone; lm-eval type and args."""
+    from claire import models
+
+    base = models.model_path(cfg.model)
+    if not cfg.run:
+        return {"model": model_args(cfg, base, None, cfg.backend.get("base_model"))}
+    folder = Path(cfg.run)
+    chosen = {}
+    if cfg.compare_base:
+        chosen["base"] = model_args(cfg, base, None, cfg.backend.get("base_model"))
+    if cfg.merged:
+        chosen["tuned"] = model_args(cfg, str(folder / "merged"), None, cfg.backend.get("tuned_model"))
+    else:
+        chosen["tuned"] = model_args(cfg, base, str(folder / "adapter"), cfg.backend.get("tuned_model"))
+    return chosen
+
+
+def model_args(cfg: DictConfig, path: str, adapter: str | None, served_name: str | None) -> tuple[str, dict]:
+    """lm-eval's model type and model_args for one model under the configured backend."""
+    backend = cfg.backend
+    extra = dict(backend.model_args)
+    if backend.name == "api":
+        args = {"model": served_name, "base_url": f"{backend.base_url.rstrip('/')}/chat/completions"}
+        args |= {"num_concurrent": backend.num_concurrent, "max_retries": backend.max_retries}
+        args |= {"timeout": backend.timeout, "tokenized_requests": False, "tokenizer_backend": None}
+        return BACKENDS["api"], args | extra
+    args = {"pretrained": path, "dtype": dtype(cfg), "trust_remote_code": bool(cfg.model.trust_remote_code)}
+    if backend.name == "hf":
+        args |= {"device": backend.device or ("cuda" if _cuda() else "cpu")}
+        if adapter:
+            args |= {"peft": adapter, "tokenizer": adapter}  # the chat template and any added tokens live there
+    else:
+        args |= {"gpu_memory_utilization": backend.gpu_memory_utilization, "max_model_len": backend.max_model_len}
+        args |= {"tensor_parallel_size": backend.tensor_parallel_size, "seed": cfg.seed}
+        if adapter:
+            args |= {"lora_local_path": adapter, "max_lora_rank": adapter_rank(adapter), "tokenizer": adapter}
+    return BACKENDS[backend.name], args | extra
+
+
+def dtype(cfg: DictConfig) -> str:
+    """The backend's dtype: as configured, else bfloat16 on a GPU or a CPU with native bf16, else float32."""
+    if cfg.backend.dtype:
+        return str(cfg.backend.dtype)
+    return "bfloat16" if _cuda() or runs.cpu_has_bf16() else "float32"
+
+
+def adapter_rank(adapter: str) -> int:
+    """The LoRA rank of a saved adapter (vLLM must be started with max_lora_rank at least this)."""
+    return int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
+
+
+def evaluate_model(cfg: DictConfig, lm: str, args: dict, names: list[str], manager: Any, out: Path) -> dict:
+    """One model through lm-eval's simple_evaluate; its results and per-sample logs are saved under out."""
+    import lm_eval
+
+    backend = cfg.backend
+    with server_key(backend):
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            model_args=args,
+            tasks=names,
+            num_fewshot=cfg.num_fewshot,
+            batch_size=backend.batch_size,
+            max_batch_size=backend.max_batch_size,
+            limit=cfg.limit,
+            log_samples=True,
+            apply_chat_template=cfg.apply_chat_template,
+            system_instruction=cfg.system_instruction,
+            gen_kwargs=dict(cfg.gen_kwargs) or None,
+            task_manager=manager,
+            random_seed=cfg.seed,
+            numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+        )
+    save_results(results, out)
+    return results
+
+
+@contextlib.contextmanager
+def server_key(backend: DictConfig) -> Iterator[None]:
+    """While lm-eval runs, OPENAI_API_KEY holds the key named by backend.key_env (lm-eval reads it from there)."""
+    key_env = backend.get("key_env")
+    if not key_env:
+        yield
+        return
+    if key_env not in os.environ:
+        raise ClaireError(f"backend.key_env={key_env} is not set in the environment; export it or set key_env=null")
+    saved = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = os.environ[key_env]
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OPENAI_API_KEY")
+        else:
+            os.environ["OPENAI_API_KEY"] = saved
+
+
+def save_results(results: dict, out: Path) -> None:
+    """lm-eval's results as results.json and one samples_<task>.jsonl per task, as its own tracker would."""
+    from lm_eval.utils import handle_non_serializable
+
+    out.mkdir(parents=True, exist_ok=True)
+    samples = results.get("samples", {})
+    summary = {k: v for k, v in results.items() if k != "samples"}
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=handle_non_serializable))
+    for task, rows in samples.items():
+        with open(out / f"samples_{task}.jsonl", "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entrypoint: `python -m claire.evaluate run=<run folder> suite=report ...`."""
+    cfg.output_dir = HydraConfig.get().runtime.output_dir
+    try:
+        return run(cfg)
+    except ClaireError as error:
+        raise SystemExit(f"claire.evaluate: error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

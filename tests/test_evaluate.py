@@ -1,0 +1,242 @@
+"""claire.evaluate: checks before loading, base vs fine-tuned with identical settings, the result folder."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import GSM8K, ROOT, compose_evaluate
+
+from claire import ClaireError, evaluate
+
+pytest.importorskip("lm_eval")
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """A finished tiny claire.train run folder."""
+    from conftest import compose_train, tiny_overrides
+
+    from claire.train import run
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run(compose_train(*tiny_overrides(tiny_model_dir, out)))
+    return out
+
+
+def tiny_eval(run_dir, out, *extra):
+    """A seconds-long evaluation of a tiny run: 2 causal items, 8 new tokens, batch 2, one thread."""
+    overrides = [f"run={run_dir}", f"output_dir={out}", "tasks=[claire_causal]", "limit=2", "threads=1"]
+    overrides += ["+gen_kwargs.max_gen_toks=8", "backend.batch_size=2", "backend.dtype=float32", *extra]
+    return compose_evaluate(*overrides)
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, tmp_path_factory):
+    """The tiny run evaluated, base and fine-tuned, through lm-eval's real hf backend."""
+    out = tmp_path_factory.mktemp("evaluated") / "eval"
+    objective = evaluate.run(tiny_eval(trained, out, "objective='tuned/claire_causal/acc,none'"))
+    return out, objective
+
+
+def test_base_and_tuned_are_evaluated_with_identical_settings(evaluated, trained):
+    out, objective = evaluated
+    base, tuned = read(out / "base" / "results.json"), read(out / "tuned" / "results.json")
+    assert tuned["config"]["model_args"]["peft"] == str(trained / "adapter")
+    assert "peft" not in base["config"]["model_args"]
+    same = ("n-shot", "n-samples")
+    assert all(base[k] == tuned[k] for k in same)
+    settings = ("generation_kwargs", "num_fewshot")
+    assert base["configs"]["claire_causal"]["generation_kwargs"]["max_gen_toks"] == 8
+    assert all(base["configs"]["claire_causal"].get(k) == tuned["configs"]["claire_causal"].get(k) for k in settings)
+    for label in ("base", "tuned"):
+        lines = (out / label / "samples_claire_causal.jsonl").read_text().splitlines()
+        assert len(lines) == 2 and "resps" in json.loads(lines[0])
+    assert objective == read(out / "metrics.json")["tuned/claire_causal/acc,none"]
+
+
+def test_results_rows_comparisons_and_format_failures(evaluated):
+    out, _ = evaluated
+    results = read(out / "results.json")
+    rows = {(r["model"], r["metric"], r["filter"]): r for r in results["rows"]}
+    assert {("base", "acc", "none"), ("tuned", "acc", "none"), ("tuned", "graph_f1", "none")} <= set(rows)
+    row = rows[("tuned", "acc", "none")]
+    assert row["n"] == 2 and row["apply_chat_template"] is True and row["seed"] == 0 and row["lm_eval_version"]
+    assert row["generation_kwargs"]["max_gen_toks"] == 8
+    acc = next(c for c in results["comparisons"] if c["metric"] == "acc")
+    assert acc["n"] == 2 and acc["diff"] == acc["tuned"] - acc["base"] and "p_mcnemar" in acc
+    failures = {f["model"]: f for f in results["format_failures"]}
+    assert failures["base"]["no_marker"] == 2 and failures["base"]["n"] == 2  # a random model writes no answer line
+    assert failures["base"]["no_answer"] is None  # claire_causal scores answers itself, with no claire filter
+    assert failures["tuned"]["runaway"] is not None
+    summary = (out / "summary.md").read_text()
+    assert "| Benchmark | Metric | Base | Claire | Difference [95% CI] | McNemar p |" in summary
+    assert "claire_causal (n=2)" in summary and "## Format failures" in summary
+    manifest = read(out / "manifest.json")
+    assert manifest["packages"]["lm_eval"] and manifest["data"]["tasks"] == ["claire_causal"]
+
+
+def test_finished_results_are_never_overwritten(evaluated, trained):
+    out, _ = evaluated
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(ClaireError, match="already holds results"):
+        evaluate.run(tiny_eval(trained, out))
+    assert (out / "results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["run=/nonexistent/run"], r"run=/nonexistent/run is not a claire.train run folder"),
+        (["tasks=[claire_causl]"], r"task claire_causl is not an lm-eval task .*close ones: \['claire_causal'"),
+        (["tasks=[]"], r"must be a non-empty list"),
+        (["backend=api", "tasks=[claire_causal,arc_easy]"], r"backend=api cannot score \['arc_easy'\]"),
+        (["data.gsm8k_test_file=/no/such.jsonl"], r"data.gsm8k_test_file=/no/such.jsonl does not exist"),
+        (["merged=true"], r"merged=true needs run="),
+        (["backend.name=tpu"], r"backend=tpu is not a backend; choose one of \['hf', 'vllm', 'api'\]"),
+        (["objective=acc"], r"objective=acc is not a metrics.json key"),
+    ],
+)
+def test_bad_input_fails_in_one_line_before_any_model_loads(overrides, message, tmp_path):
+    cfg = compose_evaluate(f"output_dir={tmp_path / 'out'}", "tasks=[claire_causal]", *overrides)
+    with pytest.raises(ClaireError, match=message):
+        evaluate.check(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_without_its_adapter_is_refused(trained, tmp_path):
+    broken = tmp_path / "run"
+    broken.mkdir()
+    (broken / "config.yaml").write_text((trained / "config.yaml").read_text())
+    with pytest.raises(ClaireError, match=r"has no adapter/adapter_config.json; it has no adapter"):
+        evaluate.check(compose_evaluate(f"run={broken}", f"output_dir={tmp_path / 'out'}"))
+    with pytest.raises(ClaireError, match=r"has no merged/config.json; train with merge=true"):
+        evaluate.check(compose_evaluate(f"run={trained}", "merged=true", f"output_dir={tmp_path / 'out'}"))
+
+
+def test_a_run_brings_its_base_model_and_the_output_goes_inside_it(trained):
+    cfg = compose_evaluate(f"run={trained}", "tasks=[claire_causal]")
+    evaluate.check(cfg)
+    assert cfg.model.name == "tiny" and cfg.model.id.endswith("tiny-llama0")
+    assert cfg.output_dir.startswith(f"{trained}/eval/report-")
+
+
+def test_backends_get_the_adapter_their_own_way(trained, monkeypatch):
+    cfg = compose_evaluate(f"run={trained}", "backend=vllm", "tasks=[claire_causal]")
+    evaluate.check(cfg)
+    chosen = evaluate.subjects(cfg)
+    assert chosen["base"][0] == "vllm" and "lora_local_path" not in chosen["base"][1]
+    assert chosen["tuned"][1]["lora_local_path"] == f"{trained}/adapter" and chosen["tuned"][1]["max_lora_rank"] == 8
+    monkeypatch.setenv("MY_SERVER_KEY", "sk-local")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cfg = compose_evaluate(f"run={trained}", "backend=api", "backend.key_env=MY_SERVER_KEY", "tasks=[claire_causal]")
+    evaluate.check(cfg)
+    lm, args = evaluate.subjects(cfg)["tuned"]
+    assert lm == "local-chat-completions" and args["model"] == "claire"
+    assert args["base_url"] == "http://127.0.0.1:8000/v1/chat/completions" and "sk-local" not in json.dumps(args)
+    with evaluate.server_key(cfg.backend):
+        assert os.environ["OPENAI_API_KEY"] == "sk-local"  # where lm-eval's chat backend reads it, while it runs
+    assert "OPENAI_API_KEY" not in os.environ
+    monkeypatch.delenv("MY_SERVER_KEY")
+    with pytest.raises(ClaireError, match="backend.key_env=MY_SERVER_KEY is not set"), evaluate.server_key(cfg.backend):
+        pass
+
+
+def test_cli_error_is_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "claire.evaluate", "tasks=[claire_causl]", f"output_dir={tmp_path / 'out'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("claire.evaluate: error: task claire_causl is not")
+
+
+def test_format_failures_count_missing_answers_and_outputs_cut_at_the_limit(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from claire import scoring
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    long = " ".join(["cause"] * 40)
+    assert len(tokenizer(long, add_special_tokens=False)["input_ids"]) == 40
+    outputs = [long, "think\nA -> B\nanswer\nyes", "<|im_start|>answer\n12", "It is 12, I think."]
+    reads = ["[invalid]", "yes", "12", "[invalid]"]
+    samples = [
+        {"doc_id": i, "filter": f, "resps": [[text]], "filtered_resps": [read if f == "claire" else text]}
+        for f in ("strict-match", "claire")
+        for i, (text, read) in enumerate(zip(outputs, reads, strict=True))
+    ]
+    results = {
+        "samples": {"t": samples},
+        "configs": {"t": {"output_type": "generate_until", "generation_kwargs": {"max_gen_toks": 40}}},
+        "config": {"model_args": {"pretrained": str(tiny_model_dir)}},
+    }
+    failures = scoring.format_failures(compose_evaluate(), "tuned", "t", results)
+    assert failures == {"model": "tuned", "task": "t", "n": 4, "no_marker": 2, "no_answer": 2, "runaway": 1}
+
+
+def served_reply(golds: dict[str, str]):
+    """A scripted server playing three parts: the base model (writes `#### N`), the fine-tuned one (Claire format),
+    and a literal-minded judge (equivalent when the output's last line, minus any '#### ', is the gold number)."""
+
+    def reply(messages: list[dict], model: str) -> str:
+        if messages[0]["role"] == "system" and "strict grader" in messages[0]["content"]:
+            user = messages[-1]["content"]
+            gold = user.split("<gold_answer>")[1].split("</gold_answer>")[0].split("####")[-1].strip()
+            output = user.split("<model_output>")[1].split("</model_output>")[0].strip()
+            right = output.splitlines()[-1].removeprefix("#### ").strip() == gold
+            return json.dumps({"equivalent": right, "trace_score": 4 if "causality" in output else 1, "reason": "."})
+        question = messages[-1]["content"]
+        gold, doc = golds[question], list(golds).index(question)
+        if doc == 3:
+            return "I am not sure.\n#### 0" if model != "claire" else "<|im_start|>answer\n0"
+        if model != "claire":
+            return f"Step by step.\n#### {gold}"
+        unit = " dollars" if doc == 2 else ""  # the reader reads the number; the literal judge does not
+        return f"<|im_start|>think\n<|im_start|>causality\nA -> B\n<|im_start|>answer\n{gold}{unit}"
+
+    return reply
+
+
+@pytest.mark.skipif(not GSM8K.exists(), reason="needs ../shared/data/gsm8k/train.jsonl")
+def test_api_backend_with_the_judge_counts_false_wrong_and_disagreements(trained, tmp_path):
+    from scripted_server import ScriptedServer
+
+    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:4]]
+    golds = {row["question"]: row["answer"].split("####")[-1].strip() for row in rows}
+    out = tmp_path / "eval"
+    with ScriptedServer(reply=served_reply(golds)) as server:
+        cfg = compose_evaluate(
+            f"run={trained}", "backend=api", f"backend.base_url={server.url}", "judge=local",
+            f"judge.base_url={server.url}", f"judge.cache_dir={tmp_path / 'judge'}", "tasks=[claire_gsm8k_chat]",
+            "limit=4", f"data.gsm8k_test_file={GSM8K}", f"output_dir={out}",
+        )  # fmt: skip
+        evaluate.run(cfg)
+        asked = server.counts["received"]
+    assert asked == 4 * 2 + 4 * 2  # each model once per item, the judge once per output
+    metrics = read(out / "metrics.json")
+    task = "claire_gsm8k_chat"
+    assert metrics[f"base/{task}/exact_match,strict-match"] == 0.75
+    assert metrics[f"tuned/{task}/exact_match,strict-match"] == 0.0  # the Claire format has no '####'
+    assert metrics[f"tuned/{task}/exact_match,claire"] == 0.75
+    assert metrics[f"tuned/{task}/judge_equivalent,judge"] == 0.5
+    assert metrics[f"tuned/{task}/strict_wrong_claire_right"] == 3 and metrics[f"tuned/{task}/false_wrong"] == 2
+    results = read(out / "results.json")
+    assert [(d["model"], d["doc_id"], d["claire"], d["judge"]) for d in results["disagreements"]] == [
+        ("tuned", 2, 1.0, 0.0)
+    ]
+    strict = next(c for c in results["comparisons"] if c["filter"] == "strict-match")
+    assert strict["diff"] == -0.75 and not strict["significant"]  # 3 discordant items cannot reach p < 0.05
+    verdicts = [json.loads(line) for line in (out / "tuned" / f"judge_{task}.jsonl").read_text().splitlines()]
+    assert [v["equivalent"] for v in verdicts] == [True, True, False, False] and verdicts[0]["trace_score"] == 4
+    summary = (out / "summary.md").read_text()
+    assert "| Claire | claire_gsm8k_chat | 4 | 3 | 2 |" in summary and "disagreements.md" in summary
+    assert "tuned · claire_gsm8k_chat · doc 2" not in (out / "disagreements.md").read_text()  # labelled as Claire
+    assert "Claire · claire_gsm8k_chat · doc 2" in (out / "disagreements.md").read_text()
