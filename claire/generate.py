@@ -13,7 +13,6 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -230,19 +229,9 @@ def allocate(total: int, weights: dict[str, float], available: dict[str, int]) -
     return quotas
 
 
-def client_of(api: DictConfig) -> Any:
-    """The openai async client; it retries 429, 5xx and timeouts itself with backoff."""
-    import openai
-
-    for name in ("httpx", "openai"):  # one INFO line per request would bury the progress bar
-        logging.getLogger(name).setLevel(logging.WARNING)
-    key = os.environ[api.key_env] if api.key_env else "not-needed"
-    return openai.AsyncOpenAI(base_url=api.base_url, api_key=key, timeout=api.timeout, max_retries=api.max_retries)
-
-
 async def ask_teacher(job: teacher.Job, ledger: teacher.Ledger, cfg: DictConfig) -> teacher.Teacher:
     """Run the job online or through the Batch API; the client is closed however it ends."""
-    client = client_of(cfg.api)
+    client = teacher.client_of(cfg.api)
     try:
         engine = teacher.Teacher(job, ledger, client, progress=cfg.progress)
         if cfg.api.mode == "batch":

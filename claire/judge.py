@@ -21,8 +21,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from claire import ClaireError, cache_root
-from claire.generate import client_of
-from claire.teacher import FATAL, describe
+from claire.teacher import FATAL, client_of, describe
 
 FIELDS = {"question": "question", "gold": "gold_answer", "output": "model_output"}  # item key -> tag and placeholder
 PLACEHOLDER = re.compile(r"\{(" + "|".join(FIELDS.values()) + r")\}")

@@ -11,6 +11,7 @@ import asyncio
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -545,6 +546,14 @@ class BatchState:
     def open_batches(self) -> list[str]:
         """Batches submitted and not yet collected."""
         return [batch for batch, collected in self.batches.items() if not collected]
+
+
+def client_of(api: DictConfig) -> Any:
+    """The openai async client; it retries 429, 5xx and timeouts itself with backoff."""
+    for name in ("httpx", "openai"):  # one INFO line per request would bury the progress bar
+        logging.getLogger(name).setLevel(logging.WARNING)
+    key = os.environ[api.key_env] if api.key_env else "not-needed"
+    return openai.AsyncOpenAI(base_url=api.base_url, api_key=key, timeout=api.timeout, max_retries=api.max_retries)
 
 
 def describe(error: Exception) -> str:
