@@ -35,10 +35,10 @@ def lm_eval_command(opts: argparse.Namespace, out: Path, model_dir: str, dtype: 
     """lm-eval's CLI on the same task, items and settings, at its default batch size (1)."""
     return [
         str(Path(sys.executable).parent / "lm_eval"), "--model", "hf",
-        "--model_args", f"pretrained={model_dir},dtype={dtype},device=cpu", "--tasks", "claire_gsm8k_chat",
+        "--model_args", f"pretrained={model_dir},dtype={dtype}", "--device", "cpu", "--tasks", "claire_gsm8k_chat",
         "--include_path", str(ROOT / "claire" / "tasks"), "--metadata", json.dumps({"gsm8k_test_file": str(GSM8K)}),
         "--apply_chat_template", "--limit", str(opts.items), "--gen_kwargs", f"max_gen_toks={opts.max_gen_toks}",
-        "--output_path", str(out), "--seed", "0",
+        "--output_path", str(out), "--seed", "0", "--log_samples",
     ]  # fmt: skip
 
 
@@ -61,6 +61,12 @@ def scores(results: Path) -> dict[str, float]:
     """exact_match per filter from an lm-eval results file."""
     values = json.loads(results.read_text())["results"]["claire_gsm8k_chat"]
     return {f: values[f"exact_match,{f}"] for f in FILTERS}
+
+
+def outputs(samples: Path) -> dict[int, str]:
+    """Each item's raw output from an lm-eval samples file."""
+    rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+    return {row["doc_id"]: row["resps"][0][0] for row in rows}
 
 
 def main() -> None:
@@ -87,9 +93,12 @@ def main() -> None:
             out = Path(tmp) / f"claire-{i}"
             times["claire"].append(timed(claire_command(opts, out, dtype), opts.threads))
             found["claire"] = scores(out / "model" / "results.json")
+            texts = {"claire": outputs(out / "model" / "samples_claire_gsm8k_chat.jsonl")}
             out = Path(tmp) / f"lm-eval-{i}"
             times["lm_eval"].append(timed(lm_eval_command(opts, out, model_dir, dtype), opts.threads))
             found["lm_eval"] = scores(next(out.rglob("results_*.json")))
+            texts["lm_eval"] = outputs(next(out.rglob("samples_claire_gsm8k_chat_*.jsonl")))
+    same = sum(texts["claire"][d] == texts["lm_eval"].get(d) for d in texts["claire"])
     median = {k: statistics.median(v) for k, v in times.items()}
     print(f"{opts.items} gsm8k items, 0-shot chat, max_gen_toks {opts.max_gen_toks}, {dtype}, {opts.threads} threads, ")
     batch = compose_evaluate().backend.batch_size
@@ -98,7 +107,8 @@ def main() -> None:
     print("|---|---|" + "---|" * len(FILTERS))
     for name in ("claire", "lm_eval"):
         print(f"| {name} | {median[name]:.1f} | " + " | ".join(f"{found[name][f]:.3f}" for f in FILTERS) + " |")
-    print(f"\nclaire is {median['lm_eval'] / median['claire']:.2f}x faster (target: at least 3x at equal scores)")
+    print(f"\nidentical outputs: {same} of {len(texts['claire'])} (batched {dtype} rounds differently from batch 1)")
+    print(f"claire is {median['lm_eval'] / median['claire']:.2f}x faster (target: at least 3x at equal scores)")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ STRICT, CLAIRE, JUDGE = "strict-match", "claire", "judge"
 def run(cfg: DictConfig) -> float | None:
     """Check the config, evaluate each model, write the result folder; return the objective (if one is set)."""
     task_names, manager = check(cfg)
+    load_tasks(task_names, manager)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(runs.resolved(cfg))))
@@ -99,6 +100,13 @@ def check(cfg: DictConfig) -> tuple[list[str], Any]:
     return names, manager
 
 
+def load_tasks(names: list[str], manager: Any) -> None:
+    """Build every task once, data included, so a missing or malformed data file fails before any model loads."""
+    from lm_eval.tasks import get_task_dict
+
+    get_task_dict(names, manager)
+
+
 def adopt_run(cfg: DictConfig) -> None:
     """Take the base model's settings from a claire.train run folder, after checking it holds what is evaluated."""
     folder = Path(cfg.run)
@@ -110,6 +118,11 @@ def adopt_run(cfg: DictConfig) -> None:
         hint = "train with merge=true, or drop merged=true" if cfg.merged else "it has no adapter: did training finish?"
         raise ClaireError(f"run={folder} has no {needed.relative_to(folder)}; {hint}")
     cfg.model = OmegaConf.load(saved).model
+    if cfg.backend.name == "vllm" and cfg.model.markers == "special" and not cfg.merged:
+        raise ClaireError(
+            f"run={folder} trained new marker tokens (model.markers=special), whose embeddings vLLM's LoRA cannot "
+            "load; evaluate its merged model (train with merge=true, then merged=true) or use backend=hf"
+        )
 
 
 def task_manager(cfg: DictConfig) -> Any:

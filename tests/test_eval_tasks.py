@@ -216,6 +216,46 @@ def test_gpqa_cot_reads_claire_answers(gpqa_file):
     assert scores["exact_match,strict-match"] == 1.0 and scores["exact_match,claire"] == 1.0
 
 
+SHIPPED = {  # every task Claire ships -> the keys its results must hold
+    "claire_gsm8k": {"exact_match,strict-match", "exact_match,flexible-extract", "exact_match,claire"},
+    "claire_gsm8k_chat": {"exact_match,strict-match", "exact_match,flexible-extract", "exact_match,claire"},
+    "claire_gpqa_diamond": {"acc,none", "acc_norm,none"},
+    "claire_gpqa_extended": {"acc,none", "acc_norm,none"},
+    "claire_gpqa_diamond_cot": {"exact_match,strict-match", "exact_match,flexible-extract", "exact_match,claire"},
+    "claire_gpqa_extended_cot": {"exact_match,strict-match", "exact_match,flexible-extract", "exact_match,claire"},
+    "claire_causal": {"acc,none", "graph_f1,none", "acc_rung0,none"},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tiny_model_dir):
+    """lm-eval's real hf backend on the tiny random model."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=str(tiny_model_dir), batch_size=2, device="cpu", dtype="float32")
+
+
+def test_every_shipped_task_is_tested_here():
+    found = {p.stem for p in claire.tasks.PATH.glob("*/*.yaml") if not p.stem.startswith("_")}
+    found = {"claire_causal" if name == "causal" else name for name in found}
+    assert found == set(SHIPPED)
+
+
+@needs_gsm8k
+@pytest.mark.parametrize("task", sorted(SHIPPED))
+def test_each_shipped_task_runs_offline_on_the_hf_backend(task, tiny_hf, gsm8k_files, gpqa_file):
+    metadata = gsm8k_files | {"gpqa_diamond_file": gpqa_file, "gpqa_extended_file": gpqa_file}
+    manager = TaskManager(include_path=str(claire.tasks.PATH), include_defaults=False, metadata=metadata)
+    out = lm_eval.simple_evaluate(
+        model=tiny_hf, tasks=[task], task_manager=manager, limit=2, apply_chat_template=True,
+        gen_kwargs={"max_gen_toks": 4},
+    )  # fmt: skip
+    assert SHIPPED[task] <= set(out["results"][task])
+    assert out["n-samples"][task]["effective"] == 2
+    sample = out["samples"][task][0]
+    assert "<|im_start|>user\n" in str(sample["arguments"][0][0])  # the chat template was applied
+
+
 @needs_gsm8k
 def test_gsm8k_chat_runs_on_the_hf_backend(tiny_model_dir, gsm8k_files):
     from lm_eval.models.huggingface import HFLM

@@ -240,3 +240,31 @@ def test_api_backend_with_the_judge_counts_false_wrong_and_disagreements(trained
     assert "| Claire | claire_gsm8k_chat | 4 | 3 | 2 |" in summary and "disagreements.md" in summary
     assert "tuned · claire_gsm8k_chat · doc 2" not in (out / "disagreements.md").read_text()  # labelled as Claire
     assert "Claire · claire_gsm8k_chat · doc 2" in (out / "disagreements.md").read_text()
+
+
+def test_bad_data_fails_before_any_model_loads(tmp_path, monkeypatch):
+    from claire import models
+
+    def no_loading(*_):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "model_path", no_loading)
+    (tmp_path / "bad.jsonl").write_text('{"text": "no question here"}\n')
+    cfg = compose_evaluate(
+        "tasks=[claire_gsm8k_chat]", f"data.gsm8k_test_file={tmp_path / 'bad.jsonl'}", f"output_dir={tmp_path / 'o'}"
+    )
+    with pytest.raises(ClaireError, match=r"gsm8k_test_file=.*bad.jsonl has no column \['answer', 'question'\]"):
+        evaluate.run(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+def test_vllm_refuses_an_adapter_with_trained_marker_embeddings(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "special"
+    shutil.copytree(trained / "adapter", run_dir / "adapter")
+    config = (trained / "config.yaml").read_text().replace("markers: native", "markers: special")
+    (run_dir / "config.yaml").write_text(config)
+    with pytest.raises(ClaireError, match=r"vLLM's LoRA cannot load; evaluate its merged model"):
+        evaluate.check(compose_evaluate(f"run={run_dir}", "backend=vllm", "tasks=[claire_causal]"))
+    evaluate.check(compose_evaluate(f"run={run_dir}", "backend=hf", "tasks=[claire_causal]"))  # peft loads them
