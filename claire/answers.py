@@ -188,15 +188,24 @@ def equivalent(answer: str, gold: str, kind: str) -> bool:
 
 
 def _stated(output: str) -> str | None:
-    """The text of the output's final answer statement: after a Claire marker, else the last one in plain CoT."""
+    """The text of the output's final answer statement: after a Claire marker, else the last one in plain CoT that
+    ends the output (at most one line after it); an empty statement ('Final Answer:') takes the next line."""
     marked = _marked(output)
     if marked is not None:
         return _clean(unbox(marked))
-    found = [(m.start(), m.group(1) if m.group(1) is not None else m.group(2)) for m in STATEMENT.finditer(output)]
+    found = [
+        (m.start(), m.end(), m.group(1) if m.group(1) is not None else m.group(2)) for m in STATEMENT.finditer(output)
+    ]
     boxes = list(BOXED.finditer(output))
     if boxes and last_boxed(output):
-        found.append((boxes[-1].start(), last_boxed(output)))
-    return _clean(unbox(max(found)[1])) if found else None
+        found.append((boxes[-1].start(), boxes[-1].end(), last_boxed(output)))
+    if not found:
+        return None
+    _, end, text = max(found)
+    rest = [line.strip() for line in output[end:].splitlines()[1:] if line.strip()]
+    if not _clean(unbox(text)).strip("*_:. ") and rest:
+        text, rest = rest[0], rest[1:]
+    return _clean(unbox(text)) if len(rest) <= 1 else None
 
 
 def _bare(line: str, kind: str) -> bool:

@@ -9,6 +9,7 @@ paired comparisons, format failures, the "false wrong" counts), `metrics.json` a
 import contextlib
 import difflib
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -27,23 +28,22 @@ log = logging.getLogger("claire.evaluate")
 
 BACKENDS = {"hf": "hf", "vllm": "vllm", "api": "local-chat-completions"}
 PACKAGES = [*runs.VERSIONED, "lm_eval", "math-verify", "openai", "vllm"]
-STRICT, CLAIRE, JUDGE = "strict-match", "claire", "judge"
 
 
 def run(cfg: DictConfig) -> float | None:
     """Check the config, evaluate each model, write the result folder; return the objective (if one is set)."""
     task_names, manager = check(cfg)
+    require_packages(cfg)
     load_tasks(task_names, manager)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(runs.resolved(cfg))))
-    runs.write_json(
-        out / "manifest.json", runs.manifest(cfg, {"tasks": task_names, **OmegaConf.to_container(cfg.data)}, PACKAGES)
-    )
     if cfg.threads or not _cuda():
         import torch
 
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    data = {"tasks": task_names, **OmegaConf.to_container(cfg.data)}
+    runs.write_json(out / "manifest.json", runs.manifest(cfg, data, PACKAGES))
     evaluated = {}
     for label, (lm, args) in subjects(cfg).items():
         log.info("Evaluating %s (%s) on %s", label, args.get("pretrained") or args.get("model"), task_names)
@@ -56,9 +56,17 @@ def run(cfg: DictConfig) -> float | None:
     (out / "summary.md").write_text(report["summary"])
     print(report["summary"])
     print(f"claire.evaluate: done; results in {out}")
+    return objective_value(cfg, report["metrics"])
+
+
+def objective_value(cfg: DictConfig, metrics: dict) -> float | None:
+    """The metrics.json value named by cfg.objective (None when no objective is set)."""
     if cfg.objective is None:
         return None
-    return float(report["metrics"][cfg.objective])
+    if metrics.get(cfg.objective) is None:
+        close = difflib.get_close_matches(str(cfg.objective), list(metrics), n=5, cutoff=0.3)
+        raise ClaireError(f"objective={cfg.objective} is not a value of metrics.json; close ones: {close}")
+    return float(metrics[cfg.objective])
 
 
 def check(cfg: DictConfig) -> tuple[list[str], Any]:
@@ -95,9 +103,26 @@ def check(cfg: DictConfig) -> tuple[list[str], Any]:
         from claire import judge
 
         judge.check(cfg.judge)
-    if cfg.objective is not None and not str(cfg.objective).startswith(("base/", "tuned/", "model/")):
-        raise ClaireError(f"objective={cfg.objective} is not a metrics.json key; they read <model>/<task>/<metric>")
+    labels = (["base"] if cfg.compare_base else []) + ["tuned"] if cfg.run else ["model"]
+    prefixes = tuple(f"{label}/{name}/" for label in labels for name in names)
+    if cfg.objective is not None and not str(cfg.objective).startswith(prefixes):
+        raise ClaireError(
+            f"objective={cfg.objective} is not a metrics.json key; they read <{'|'.join(labels)}>/<task>/<metric>,"
+            f"<filter>, e.g. {labels[-1]}/{names[0]}/exact_match,claire"
+        )
+    if cfg.backend.name == "api" and not cfg.apply_chat_template:
+        raise ClaireError("backend=api sends chat messages: it needs apply_chat_template=true")
     return names, manager
+
+
+def require_packages(cfg: DictConfig) -> None:
+    """The packages this evaluation imports late (vLLM, math-verify), present before anything runs."""
+    needed = [("math_verify", "pip install 'claire[eval]'")]
+    if cfg.backend.name == "vllm":
+        needed.append(("vllm", "pip install vllm (a CUDA machine)"))
+    for module, how in needed:
+        if importlib.util.find_spec(module) is None:
+            raise ClaireError(f"backend={cfg.backend.name} needs the package {module}, which is not installed; {how}")
 
 
 def load_tasks(names: list[str], manager: Any) -> None:
@@ -114,6 +139,8 @@ def adopt_run(cfg: DictConfig) -> None:
     if not saved.is_file():
         raise ClaireError(f"run={folder} is not a claire.train run folder (no config.yaml); pass the folder it printed")
     needed = folder / ("merged/config.json" if cfg.merged else "adapter/adapter_config.json")
+    if not cfg.merged and (folder / "adapter" / "config.json").is_file():
+        needed = folder / "adapter" / "config.json"  # lora=none: a full fine-tune saves the whole model there
     if not needed.is_file():
         hint = "train with merge=true, or drop merged=true" if cfg.merged else "it has no adapter: did training finish?"
         raise ClaireError(f"run={folder} has no {needed.relative_to(folder)}; {hint}")
@@ -168,8 +195,9 @@ def subjects(cfg: DictConfig) -> dict[str, tuple[str, dict]]:
     chosen = {}
     if cfg.compare_base:
         chosen["base"] = model_args(cfg, base, None, cfg.backend.get("base_model"))
-    if cfg.merged:
-        chosen["tuned"] = model_args(cfg, str(folder / "merged"), None, cfg.backend.get("tuned_model"))
+    if cfg.merged or (folder / "adapter" / "config.json").is_file():  # merged, or a full fine-tune
+        whole = folder / ("merged" if cfg.merged else "adapter")
+        chosen["tuned"] = model_args(cfg, str(whole), None, cfg.backend.get("tuned_model"))
     else:
         chosen["tuned"] = model_args(cfg, base, str(folder / "adapter"), cfg.backend.get("tuned_model"))
     return chosen
@@ -189,11 +217,18 @@ def model_args(cfg: DictConfig, path: str, adapter: str | None, served_name: str
         args |= {"device": backend.device or ("cuda" if _cuda() else "cpu")}
         if adapter:
             args |= {"peft": adapter, "tokenizer": adapter}  # the chat template and any added tokens live there
+        if cfg.model.markers == "special":  # both models decode alike: only the tuned tokenizer has the markers
+            import claire.lm  # noqa: F401  (registers claire-hf)
+
+            return "claire-hf", args | extra
     else:
         args |= {"gpu_memory_utilization": backend.gpu_memory_utilization, "max_model_len": backend.max_model_len}
         args |= {"tensor_parallel_size": backend.tensor_parallel_size, "seed": cfg.seed}
         if adapter:
-            args |= {"lora_local_path": adapter, "max_lora_rank": adapter_rank(adapter), "tokenizer": adapter}
+            args |= {"lora_local_path": adapter, "tokenizer": adapter}
+        if cfg.run and not cfg.merged and Path(cfg.run, "adapter", "adapter_config.json").is_file():
+            # the base model's engine is built as the tuned one's (LoRA enabled, same rank), just never given it
+            args |= {"enable_lora": True, "max_lora_rank": adapter_rank(str(Path(cfg.run, "adapter")))}
     return BACKENDS[backend.name], args | extra
 
 
@@ -210,9 +245,28 @@ def adapter_rank(adapter: str) -> int:
 
 
 def evaluate_model(cfg: DictConfig, lm: str, args: dict, names: list[str], manager: Any, out: Path) -> dict:
-    """One model through lm-eval's simple_evaluate; its results and per-sample logs are saved under out."""
+    """One model through lm-eval's simple_evaluate; its results and per-sample logs are saved under out.
+
+    With backend.isolate (vLLM) it runs in a child process, so the engine's GPU memory is free for the next model.
+    """
+    if cfg.backend.get("isolate"):
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(
+            target=_evaluate_and_save, args=(OmegaConf.to_container(cfg, resolve=True), lm, args, names, out)
+        )
+        child.start()
+        child.join()
+        if child.exitcode:
+            raise ClaireError(f"evaluating {out.name} failed in its process (exit code {child.exitcode}); see above")
+        return load_results(out)
+    return _evaluate_and_save(cfg, lm, args, names, out, manager)
+
+
+def _evaluate_and_save(cfg: Any, lm: str, args: dict, names: list[str], out: Path, manager: Any = None) -> dict:
     import lm_eval
 
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     backend = cfg.backend
     with server_key(backend):
         results = lm_eval.simple_evaluate(
@@ -227,27 +281,38 @@ def evaluate_model(cfg: DictConfig, lm: str, args: dict, names: list[str], manag
             apply_chat_template=cfg.apply_chat_template,
             system_instruction=cfg.system_instruction,
             gen_kwargs=dict(cfg.gen_kwargs) or None,
-            task_manager=manager,
+            task_manager=manager or task_manager(cfg),
             random_seed=cfg.seed,
-            numpy_random_seed=cfg.seed,
-            torch_random_seed=cfg.seed,
-            fewshot_random_seed=cfg.seed,
+            numpy_random_seed=cfg.numpy_seed,
+            torch_random_seed=cfg.torch_seed,
+            fewshot_random_seed=cfg.fewshot_seed,
         )
     save_results(results, out)
     return results
 
 
+def load_results(out: Path) -> dict:
+    """What save_results wrote, read back as lm-eval's results dict (samples included)."""
+    results = json.loads((out / "results.json").read_text())
+    results["samples"] = {
+        path.name.removeprefix("samples_").removesuffix(".jsonl"): [json.loads(line) for line in path.open()]
+        for path in sorted(out.glob("samples_*.jsonl"))
+    }
+    return results
+
+
 @contextlib.contextmanager
 def server_key(backend: DictConfig) -> Iterator[None]:
-    """While lm-eval runs, OPENAI_API_KEY holds the key named by backend.key_env (lm-eval reads it from there)."""
-    key_env = backend.get("key_env")
-    if not key_env:
+    """While lm-eval runs, OPENAI_API_KEY holds the key named by backend.key_env, or nothing (lm-eval sends that
+    variable to the server: an OpenAI key exported for the judge must not reach a local model server)."""
+    if backend.name != "api":
         yield
         return
-    if key_env not in os.environ:
+    key_env = backend.get("key_env")
+    if key_env and key_env not in os.environ:
         raise ClaireError(f"backend.key_env={key_env} is not set in the environment; export it or set key_env=null")
     saved = os.environ.get("OPENAI_API_KEY")
-    os.environ["OPENAI_API_KEY"] = os.environ[key_env]
+    os.environ["OPENAI_API_KEY"] = os.environ[key_env] if key_env else ""
     try:
         yield
     finally:
@@ -264,6 +329,7 @@ def save_results(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     samples = results.get("samples", {})
     summary = {k: v for k, v in results.items() if k != "samples"}
+    summary["config"] = runs.mask(summary.get("config", {}))  # a key passed in backend.model_args, say
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=handle_non_serializable))
     for task, rows in samples.items():
         with open(out / f"samples_{task}.jsonl", "w") as f:

@@ -83,9 +83,10 @@ def request_for(item: dict, cfg: DictConfig) -> dict:
     return request | ({"response_format": {"type": "json_object"}} if cfg.json_mode else {})
 
 
-def cache_key(request: dict, prompt_version: str) -> str:
-    """The hash naming a verdict: prompt version, model, prompt text, question, gold, output and settings."""
-    return hashlib.sha256(json.dumps([prompt_version, request], sort_keys=True).encode()).hexdigest()
+def cache_key(request: dict, prompt_version: str, base_url: str) -> str:
+    """The hash naming a verdict: prompt version, server, model, prompt text, question, gold, output and settings."""
+    # the server too: `judge=local` names every model "local", whichever one the server runs
+    return hashlib.sha256(json.dumps([prompt_version, base_url, request], sort_keys=True).encode()).hexdigest()
 
 
 def cache_path(cfg: DictConfig, key: str) -> Path:
@@ -202,7 +203,7 @@ def judge_outputs(items: list[dict], cfg: DictConfig, progress: bool = True) -> 
         if missing:
             raise ClaireError(f"judge item {index} lacks {', '.join(missing)} (each needs question, gold, output)")
     requests = [request_for(item, cfg) for item in items]
-    keys = [cache_key(request, cfg.prompt_version) for request in requests]
+    keys = [cache_key(request, cfg.prompt_version, cfg.base_url) for request in requests]
     done = {key: result(verdict, cached=True) for key in set(keys) if (verdict := read_cache(cache_path(cfg, key)))}
     pending = {key: request for key, request in zip(keys, requests, strict=True) if key not in done}  # once each
     if pending:

@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from claire import ClaireError
 
 STARTED = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-SECRET_KEY = re.compile(r"token|secret|password|api_key|apikey", re.IGNORECASE)
+# secret-looking keys (hf_token, api_key, ...), not the names of tokens (end_token, max_tokens)
+SECRET_KEY = re.compile(r"secret|password|api_?key|^(?:hf_|hub_|auth_|access_|api_)?token$", re.IGNORECASE)
 VERSIONED = ["claire", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "hydra-core", "omegaconf"]
 
 
@@ -111,14 +112,15 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def resolved(cfg: DictConfig) -> dict:
     """The config as plain data with interpolations resolved and anything secret-looking masked."""
-    return _mask(OmegaConf.to_container(cfg, resolve=True))
+    return mask(OmegaConf.to_container(cfg, resolve=True))
 
 
-def _mask(tree: Any) -> Any:
+def mask(tree: Any) -> Any:
+    """Plain data with the values of secret-looking keys replaced by ***."""
     if isinstance(tree, dict):
-        return {k: "***" if SECRET_KEY.search(str(k)) and v else _mask(v) for k, v in tree.items()}
+        return {k: "***" if SECRET_KEY.search(str(k)) and v else mask(v) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_mask(v) for v in tree]
+        return [mask(v) for v in tree]
     return tree
 
 

@@ -6,41 +6,54 @@ fine-tuned item by item (claire.stats), to count outputs with no answer or cut o
 """
 
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from claire import answers, stats
+from claire import ClaireError, answers, stats
 
 STRICT, CLAIRE, JUDGE = "strict-match", "claire", "judge"
+INVALID = "[invalid]"  # lm-eval's (and the claire filter's) mark for "no answer found"
 LABELS = {"base": "Base", "tuned": "Claire", "model": "Model"}
 ALPHA = 0.05
+log = logging.getLogger("claire.evaluate")
 
 
 def score(cfg: DictConfig, evaluated: dict[str, dict], out: Path) -> dict[str, Any]:
     """Everything results.json holds, from each model's lm-eval results (saved under out/<label>/)."""
-    rows, items, failures, false_wrong, disagreements = [], {}, [], [], []
+    rows, items, failures, false_wrong, disagreements, judge_failed = [], {}, [], [], [], None
     for label, results in evaluated.items():
         rows += result_rows(cfg, label, results)
         items[label] = per_item(results.get("samples", {}))
         generative = [t for t in results["results"] if _generative(results, t)]
-        if cfg.judge.enabled:
-            judged = judge_samples(cfg, label, results, generative, out / label)
-            rows += judge_rows(label, judged, results)
-            items[label] |= judged
+        if cfg.judge.enabled and not judge_failed:
+            try:
+                judged = judge_samples(cfg, label, results, generative, out / label)
+            except ClaireError as error:  # keep the evaluation that is done; the judge can be rerun from the cache
+                judge_failed = str(error)
+                log.error("claire.evaluate: the judge failed, results are written without it: %s", error)
+            else:
+                rows += judge_rows(label, judged, results)
+                items[label] |= judged
         for task in generative:
             failures.append(format_failures(cfg, label, task, results))
             counted = count_false_wrong(label, task, items[label])
             if counted:
                 false_wrong.append(counted)
             disagreements += find_disagreements(label, task, items[label], results["samples"].get(task, []))
-    comparisons = compare_models(items) if {"base", "tuned"} <= set(items) else []
+    both = {"base", "tuned"} <= set(items)
+    better = next(iter(evaluated.values())).get("higher_is_better", {})
+    comparisons = compare_models(items, better) if both else []
+    for row in rows:  # a metric over a subset of the items (acc_rung1, acc_unseen_shape) counts its own items
+        row["n"] = len(items[row["model"]].get((row["task"], row["metric"], row["filter"]), {})) or row["n"]
     if disagreements:
         (out / "disagreements.md").write_text(disagreements_page(disagreements))
     report = {"rows": rows, "comparisons": comparisons, "format_failures": failures, "false_wrong": false_wrong}
-    report["disagreements"] = disagreements
+    report["disagreements"], report["judge_error"] = disagreements, judge_failed
+    report["prompt_mismatches"] = prompt_mismatches(evaluated) if both else {}
     report["metrics"] = flat_metrics(rows, failures, false_wrong)
     report["summary"] = summary(cfg, evaluated, report)
     return report
@@ -62,7 +75,8 @@ def result_rows(cfg: DictConfig, label: str, results: dict) -> list[dict]:
             "num_fewshot": results.get("n-shot", {}).get(task),
             "apply_chat_template": bool(cfg.apply_chat_template),
             "generation_kwargs": config.get("generation_kwargs") if _generative(results, task) else None,
-            "seed": cfg.seed,
+            "seeds": {k: cfg[k] for k in ("seed", "numpy_seed", "torch_seed", "fewshot_seed")},
+            "system_instruction": cfg.system_instruction,
             "lm_eval_version": lm_eval.__version__,
         }
         for key, value in values.items():
@@ -141,13 +155,13 @@ def format_failures(cfg: DictConfig, label: str, task: str, results: dict) -> di
     docs = raw_outputs(results["samples"].get(task, []))
     kwargs = results.get("configs", {}).get(task, {}).get("generation_kwargs", {}) or {}
     limit = int(kwargs.get("max_gen_toks", 256))
-    outputs = [row["resps"][0][0] for row in docs.values()]
+    outputs = [row["resps"][0][0] or "" for row in docs.values()]  # an API may answer with no content
     lengths = token_lengths(results, outputs)
     # re-encoding the decoded text can merge tokens (runs of newlines), so this is a lower bound
     runaway = None if lengths is None else sum(n >= limit - 2 for n in lengths)
     no_marker = sum(not answers.has_answer_marker(text) for text in outputs)
     reads = [row["filtered_resps"][0] for row in results["samples"].get(task, []) if row["filter"] == CLAIRE]
-    unread = sum(read == "[invalid]" for read in reads) if reads else None  # lm-eval's mark for "no answer found"
+    unread = sum(read == INVALID for read in reads) if reads else None
     return {"model": label, "task": task, "n": len(outputs), "no_marker": no_marker, "no_answer": unread} | {
         "runaway": runaway
     }
@@ -163,7 +177,11 @@ def token_lengths(results: dict, outputs: list[str]) -> list[int] | None:
         return None
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=bool(args.get("trust_remote_code")))
+    except (OSError, ValueError) as error:  # a count is not worth losing the results for
+        log.warning("claire.evaluate: no tokenizer at %s to count output tokens (%s)", path, error)
+        return None
     return [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in outputs]
 
 
@@ -208,8 +226,19 @@ def find_disagreements(label: str, task: str, items: dict, samples: list[dict]) 
     ]
 
 
-def compare_models(items: dict[str, dict]) -> list[dict]:
-    """Base vs fine-tuned on the items both scored: difference, bootstrap 95% CI and McNemar p per metric."""
+def prompt_mismatches(evaluated: dict[str, dict]) -> dict[str, int]:
+    """Per task, the items whose prompt differed between base and fine-tuned (0 when settings were identical)."""
+    found = {}
+    for task, rows in evaluated["base"].get("samples", {}).items():
+        base = {row["doc_id"]: row["prompt_hash"] for row in rows}
+        tuned = {row["doc_id"]: row["prompt_hash"] for row in evaluated["tuned"].get("samples", {}).get(task, [])}
+        found[task] = sum(base[d] != tuned.get(d) for d in base)
+    return found
+
+
+def compare_models(items: dict[str, dict], better: dict[str, dict]) -> list[dict]:
+    """Base vs fine-tuned on the items both scored: difference, bootstrap 95% CI and an exact p per metric (McNemar
+    on right/wrong items, which is the sign test on the items that differ; so named for graded metrics)."""
     found = []
     for key in sorted(set(items["base"]) & set(items["tuned"])):
         base, tuned = items["base"][key], items["tuned"][key]
@@ -218,7 +247,11 @@ def compare_models(items: dict[str, dict]) -> list[dict]:
             continue
         result = stats.compare([base[d] for d in common], [tuned[d] for d in common])
         significant = result["p_mcnemar"] < ALPHA and not result["ci_low"] <= 0 <= result["ci_high"]
-        found.append({"task": key[0], "metric": key[1], "filter": key[2], **result, "significant": significant})
+        binary = {base[d] for d in common} | {tuned[d] for d in common} <= {0.0, 1.0}
+        found.append(
+            {"task": key[0], "metric": key[1], "filter": key[2], **result, "significant": significant}
+            | {"test": "McNemar" if binary else "sign test", "higher_is_better": better.get(key[0], {}).get(key[1])}
+        )
     return found
 
 
@@ -253,21 +286,34 @@ def summary(cfg: DictConfig, evaluated: dict[str, dict], report: dict) -> str:
     compared = {(c["task"], c["metric"], c["filter"]): c for c in report["comparisons"]}
     title = f"# Claire evaluation: {cfg.model.name}" + (f" (run {cfg.run})" if cfg.run else "")
     lines = [title, "", _settings_line(cfg, evaluated), ""]
-    header = ["Benchmark", "Metric", *(LABELS[label] for label in labels)]
+    header = ["Benchmark", "Metric", "n", *(LABELS[label] for label in labels)]
     if compared:
-        header += ["Difference [95% CI]", "McNemar p"]
+        header += ["Difference [95% CI]", "p (test)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task, metric, filter_name in keys:
         n = next(
             (by_key[(m, task, metric, filter_name)]["n"] for m in labels if (m, task, metric, filter_name) in by_key),
             None,
         )
-        cells = [f"{task} (n={n})", f"{metric} ({filter_name})"]
+        cells = [task, f"{metric} ({filter_name})", str(n)]
         cells += [_cell(by_key.get((label, task, metric, filter_name))) for label in labels]
         if compared:
             c = compared.get((task, metric, filter_name))
             cells += _comparison_cells(c)
         lines.append("| " + " | ".join(cells) + " |")
+    if compared:
+        lines += [
+            "",
+            "Each p-value is for its own row, uncorrected for the number of rows; read the report's metrics first.",
+        ]
+    if report["judge_error"]:
+        lines += ["", f"**The judge failed** ({report['judge_error']}); the table has no judge rows."]
+    differ = {task: n for task, n in report["prompt_mismatches"].items() if n}
+    if differ:
+        lines += [
+            "",
+            f"**Warning: base and fine-tuned saw different prompts** on {differ} items (tokenizer or template).",
+        ]
     lines += _failure_lines(report) + _false_wrong_lines(report)
     return "\n".join(lines) + "\n"
 
@@ -282,7 +328,9 @@ def _comparison_cells(c: dict | None) -> list[str]:
     if c is None:
         return ["—", "—"]
     verdict = "" if c["significant"] else " (n.s.)"
-    return [f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{verdict}", f"{c['p_mcnemar']:.3g}"]
+    lower = " (lower is better)" if c["higher_is_better"] is False else ""
+    diff = f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{verdict}{lower}"
+    return [diff, f"{c['p_mcnemar']:.3g} ({c['test']})"]
 
 
 def _settings_line(cfg: DictConfig, evaluated: dict[str, dict]) -> str:

@@ -108,6 +108,10 @@ NATIVE = "<|im_start|>think\nShe sells 16 - 3 - 4 = 9 eggs.\n<|im_start|>causali
         ("<|im_start|>think\n12 and 7<|im_end|>", "number", None),
         ("answer\nI am not sure.", "number", None),
         ("Adding 5 and 3 gives:\n8", "number", "8"),  # a last line that is only the answer
+        ("**Final Answer:**\n\n42", "number", "42"),  # an empty statement: its answer is on the next line
+        ("So the answer is:\n\n42", "number", "42"),
+        ("The answer is 14.\nI hope this helps!", "number", "14"),  # one closing line after the statement
+        ("To find the answer: first 3 + 4 = 7.\nThen 7 * 2 = 14.\nShe pays 14 dollars.", "number", None),  # no end
         ("Thus the answer is (B).", "choice", "B"),
         ("The correct answer is B because A is wrong.", "choice", "B"),
         ("answer\nB) 42 kJ", "choice", "B"),

@@ -198,3 +198,17 @@ def test_unreachable_hub_fails_in_one_line(tmp_path):
     assert last.startswith("claire.train: error: could not load model.id=Qwen/Qwen2.5-7B-Instruct")
     assert "pass model.id=DIR" in last
     assert not (Path(tmp_path) / "metrics.json").exists()
+
+
+def test_secrets_are_masked_and_names_of_tokens_kept():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {"hf_token": "hf_abc", "token": "t", "api_key": "sk-1", "password": "p", "client_secret": "s",
+         "model": {"end_token": "<|im_end|>", "key_env": "OPENAI_API_KEY"}, "api": {"max_tokens": 5}}
+    )  # fmt: skip
+    shown = runs.resolved(cfg)
+    assert [shown[k] for k in ("hf_token", "token", "api_key", "password", "client_secret")] == ["***"] * 5
+    assert (
+        shown["model"] == {"end_token": "<|im_end|>", "key_env": "OPENAI_API_KEY"} and shown["api"]["max_tokens"] == 5
+    )

@@ -1,5 +1,6 @@
 """claire.evaluate: checks before loading, base vs fine-tuned with identical settings, the result folder."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -58,6 +59,11 @@ def test_base_and_tuned_are_evaluated_with_identical_settings(evaluated, trained
         lines = (out / label / "samples_claire_causal.jsonl").read_text().splitlines()
         assert len(lines) == 2 and "resps" in json.loads(lines[0])
     assert objective == read(out / "metrics.json")["tuned/claire_causal/acc,none"]
+    prompts = {label: [json.loads(line)["prompt_hash"] for line in (out / label / "samples_claire_causal.jsonl").open()]
+               for label in ("base", "tuned")}  # fmt: skip
+    assert prompts["base"] == prompts["tuned"] and read(out / "results.json")["prompt_mismatches"] == {
+        "claire_causal": 0
+    }
 
 
 def test_results_rows_comparisons_and_format_failures(evaluated):
@@ -66,17 +72,26 @@ def test_results_rows_comparisons_and_format_failures(evaluated):
     rows = {(r["model"], r["metric"], r["filter"]): r for r in results["rows"]}
     assert {("base", "acc", "none"), ("tuned", "acc", "none"), ("tuned", "graph_f1", "none")} <= set(rows)
     row = rows[("tuned", "acc", "none")]
-    assert row["n"] == 2 and row["apply_chat_template"] is True and row["seed"] == 0 and row["lm_eval_version"]
+    assert (
+        row["n"] == 2
+        and row["apply_chat_template"] is True
+        and row["seeds"]["fewshot_seed"] == 1234
+        and row["lm_eval_version"]
+    )
     assert row["generation_kwargs"]["max_gen_toks"] == 8
     acc = next(c for c in results["comparisons"] if c["metric"] == "acc")
-    assert acc["n"] == 2 and acc["diff"] == acc["tuned"] - acc["base"] and "p_mcnemar" in acc
+    base_acc = [json.loads(line)["acc"] for line in (out / "base" / "samples_claire_causal.jsonl").open()]
+    assert acc["n"] == 2 and acc["base"] == sum(base_acc) / 2 and acc["test"] == "McNemar"
     failures = {f["model"]: f for f in results["format_failures"]}
     assert failures["base"]["no_marker"] == 2 and failures["base"]["n"] == 2  # a random model writes no answer line
     assert failures["base"]["no_answer"] is None  # claire_causal scores answers itself, with no claire filter
     assert failures["tuned"]["runaway"] is not None
     summary = (out / "summary.md").read_text()
-    assert "| Benchmark | Metric | Base | Claire | Difference [95% CI] | McNemar p |" in summary
-    assert "claire_causal (n=2)" in summary and "## Format failures" in summary
+    assert "| Benchmark | Metric | n | Base | Claire | Difference [95% CI] | p (test) |" in summary
+    assert "| claire_causal | acc (none) | 2 |" in summary and "## Format failures" in summary
+    assert "(McNemar) |" in summary and "(sign test) |" in summary  # graph_f1 is graded
+    shd = next(c for c in results["comparisons"] if c["metric"] == "graph_shd")
+    assert shd["higher_is_better"] is False and shd["test"] == "sign test"
     manifest = read(out / "manifest.json")
     assert manifest["packages"]["lm_eval"] and manifest["data"]["tasks"] == ["claire_causal"]
 
@@ -131,6 +146,8 @@ def test_backends_get_the_adapter_their_own_way(trained, monkeypatch):
     evaluate.check(cfg)
     chosen = evaluate.subjects(cfg)
     assert chosen["base"][0] == "vllm" and "lora_local_path" not in chosen["base"][1]
+    engine = ("enable_lora", "max_lora_rank", "dtype", "max_model_len", "gpu_memory_utilization", "seed")
+    assert [chosen["base"][1][k] for k in engine] == [chosen["tuned"][1][k] for k in engine]  # the same engine
     assert chosen["tuned"][1]["lora_local_path"] == f"{trained}/adapter" and chosen["tuned"][1]["max_lora_rank"] == 8
     monkeypatch.setenv("MY_SERVER_KEY", "sk-local")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -206,9 +223,10 @@ def served_reply(golds: dict[str, str]):
 
 
 @pytest.mark.skipif(not GSM8K.exists(), reason="needs ../shared/data/gsm8k/train.jsonl")
-def test_api_backend_with_the_judge_counts_false_wrong_and_disagreements(trained, tmp_path):
+def test_api_backend_with_the_judge_counts_false_wrong_and_disagreements(trained, tmp_path, monkeypatch):
     from scripted_server import ScriptedServer
 
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key")  # exported for a judge=openai: never for this server
     rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:4]]
     golds = {row["question"]: row["answer"].split("####")[-1].strip() for row in rows}
     out = tmp_path / "eval"
@@ -220,7 +238,10 @@ def test_api_backend_with_the_judge_counts_false_wrong_and_disagreements(trained
         )  # fmt: skip
         evaluate.run(cfg)
         asked = server.counts["received"]
+        sent = {request["authorization"] for request in server.requests}
     assert asked == 4 * 2 + 4 * 2  # each model once per item, the judge once per output
+    assert not any("sk-real-openai-key" in (header or "") for header in sent)
+    assert os.environ["OPENAI_API_KEY"] == "sk-real-openai-key"  # restored after the run
     metrics = read(out / "metrics.json")
     task = "claire_gsm8k_chat"
     assert metrics[f"base/{task}/exact_match,strict-match"] == 0.75
@@ -268,3 +289,80 @@ def test_vllm_refuses_an_adapter_with_trained_marker_embeddings(trained, tmp_pat
     with pytest.raises(ClaireError, match=r"vLLM's LoRA cannot load; evaluate its merged model"):
         evaluate.check(compose_evaluate(f"run={run_dir}", "backend=vllm", "tasks=[claire_causal]"))
     evaluate.check(compose_evaluate(f"run={run_dir}", "backend=hf", "tasks=[claire_causal]"))  # peft loads them
+
+
+def test_runs_with_special_markers_decode_them_on_the_hf_backend(trained, tiny_model_dir, tmp_path):
+    import shutil
+
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoTokenizer
+
+    from claire.lm import ClaireHFLM
+    from claire.models import SPECIAL_MARKERS
+
+    run_dir = tmp_path / "special"
+    shutil.copytree(trained / "adapter", run_dir / "adapter")
+    (run_dir / "config.yaml").write_text((trained / "config.yaml").read_text().replace("native", "special"))
+    cfg = compose_evaluate(f"run={run_dir}", "tasks=[claire_causal]")
+    evaluate.check(cfg)
+    assert {label: lm for label, (lm, _) in evaluate.subjects(cfg).items()} == {
+        "base": "claire-hf",
+        "tuned": "claire-hf",
+    }
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_tokens(SPECIAL_MARKERS, special_tokens=True)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    ids = tokenizer("<think>\nA -> B</think>\nyes<|im_end|>", add_special_tokens=False)["input_ids"]
+    args = {"pretrained": str(tiny_model_dir), "tokenizer": str(tmp_path / "tokenizer"), "device": "cpu"}
+    assert ClaireHFLM(**args).tok_decode(ids) == "<think>\nA -> B</think>\nyes"  # markers kept, <|im_end|> dropped
+    assert "<think>" not in HFLM(**args).tok_decode(ids)  # what stock decoding would have made of it
+
+
+@pytest.mark.skipif(not GSM8K.exists(), reason="needs ../shared/data/gsm8k/train.jsonl")
+def test_a_judge_that_refuses_does_not_lose_the_evaluation(trained, tmp_path):
+    from scripted_server import ScriptedServer
+
+    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:2]]
+    golds = {row["question"]: row["answer"].split("####")[-1].strip() for row in rows}
+    with ScriptedServer(reply=served_reply(golds)) as models_server, ScriptedServer(default="401") as judge_server:
+        cfg = compose_evaluate(
+            f"run={trained}", "backend=api", f"backend.base_url={models_server.url}", "judge=local",
+            f"judge.base_url={judge_server.url}", f"judge.cache_dir={tmp_path / 'judge'}", "tasks=[claire_gsm8k_chat]",
+            "limit=2", f"data.gsm8k_test_file={GSM8K}", f"output_dir={tmp_path / 'eval'}",
+        )  # fmt: skip
+        evaluate.run(cfg)
+    results = read(tmp_path / "eval" / "results.json")
+    assert "the judge API refused the request" in results["judge_error"]
+    assert read(tmp_path / "eval" / "metrics.json")["tuned/claire_gsm8k_chat/exact_match,claire"] == 1.0
+    assert "**The judge failed**" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+def test_a_full_fine_tune_is_evaluated_as_a_whole_model(trained, tiny_model_dir, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "full"
+    shutil.copytree(tiny_model_dir, run_dir / "adapter")  # lora=none saves the whole model
+    (run_dir / "config.yaml").write_text((trained / "config.yaml").read_text())
+    cfg = compose_evaluate(f"run={run_dir}", "tasks=[claire_causal]")
+    evaluate.check(cfg)
+    lm, args = evaluate.subjects(cfg)["tuned"]
+    assert args["pretrained"] == str(run_dir / "adapter") and "peft" not in args
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_vllm_missing_is_one_line_before_any_model_loads(tmp_path):
+    cfg = compose_evaluate("backend=vllm", "tasks=[claire_causal]", f"output_dir={tmp_path / 'out'}")
+    with pytest.raises(ClaireError, match=r"backend=vllm needs the package vllm, which is not installed; pip install"):
+        evaluate.run(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_each_model_in_its_own_process_gives_the_same_results(evaluated, trained, tmp_path):
+    out, _ = evaluated
+    isolated = tmp_path / "isolated"
+    evaluate.run(tiny_eval(trained, isolated, "objective='tuned/claire_causal/acc,none'", "backend.isolate=true"))
+    for label in ("base", "tuned"):
+        first = [json.loads(line)["resps"] for line in (out / label / "samples_claire_causal.jsonl").open()]
+        again = [json.loads(line)["resps"] for line in (isolated / label / "samples_claire_causal.jsonl").open()]
+        assert again == first
+    assert read(isolated / "metrics.json") == read(out / "metrics.json")
