@@ -377,8 +377,7 @@ def disagreements_page(found: list[dict]) -> str:
     lines = ["# Claire's answer reader vs the judge", ""]
     for d in found:
         lines += [f"## {LABELS[d['model']]} · {d['task']} · doc {d['doc_id']}", ""]
-        lines += [
-            f"gold `{d['gold'][-200:]}` · reader read `{d['claire_read']}` ({'right' if d['claire'] else 'wrong'})"
-        ]
+        verdict = "right" if d["claire"] else "wrong"  # a right answer is filtered to the gold's own form
+        lines += [f"gold `{d['gold'][-200:]}` · Claire's reader: `{d['claire_read']}` ({verdict})"]
         lines += [f"· judge says {'right' if d['judge'] else 'wrong'}", "", "```", d["output"][-1500:], "```", ""]
     return "\n".join(lines)

@@ -254,24 +254,3 @@ def test_each_shipped_task_runs_offline_on_the_hf_backend(task, tiny_hf, gsm8k_f
     assert out["n-samples"][task]["effective"] == 2
     sample = out["samples"][task][0]
     assert "<|im_start|>user\n" in str(sample["arguments"][0][0])  # the chat template was applied
-
-
-@needs_gsm8k
-def test_gsm8k_chat_runs_on_the_hf_backend(tiny_model_dir, gsm8k_files):
-    from lm_eval.models.huggingface import HFLM
-
-    model = HFLM(pretrained=str(tiny_model_dir), batch_size=2, device="cpu", dtype="float32")
-    manager = TaskManager(include_path=str(claire.tasks.PATH), metadata=gsm8k_files)
-    out = lm_eval.simple_evaluate(
-        model=model,
-        tasks=["claire_gsm8k_chat"],
-        task_manager=manager,
-        limit=2,
-        apply_chat_template=True,
-        gen_kwargs={"max_gen_toks": 16},
-    )
-    scores = out["results"]["claire_gsm8k_chat"]
-    assert {f"exact_match,{f}" for f in ("strict-match", "flexible-extract", "claire")} <= set(scores)
-    assert out["n-samples"]["claire_gsm8k_chat"]["effective"] == 2
-    sample = out["samples"]["claire_gsm8k_chat"][0]
-    assert f"<|im_start|>user\n{sample['doc']['question']}<|im_end|>" in sample["arguments"][0][0]  # chat template
