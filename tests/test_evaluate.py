@@ -222,21 +222,29 @@ def served_reply(golds: dict[str, str]):
     return reply
 
 
+def gsm8k_golds(n: int) -> dict[str, str]:
+    """The first n GSM8K questions and their final numbers."""
+    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:n]]
+    return {row["question"]: row["answer"].split("####")[-1].strip() for row in rows}
+
+
+def api_eval(trained, models_url: str, judge_url: str, tmp_path, n: int):
+    """claire_gsm8k_chat on n items through backend=api, judged by judge=local, writing to tmp_path/eval."""
+    return compose_evaluate(
+        f"run={trained}", "backend=api", f"backend.base_url={models_url}", "judge=local",
+        f"judge.base_url={judge_url}", f"judge.cache_dir={tmp_path / 'judge'}", "tasks=[claire_gsm8k_chat]",
+        f"limit={n}", f"data.gsm8k_test_file={GSM8K}", f"output_dir={tmp_path / 'eval'}",
+    )  # fmt: skip
+
+
 @pytest.mark.skipif(not GSM8K.exists(), reason="needs ../shared/data/gsm8k/train.jsonl")
 def test_api_backend_with_the_judge_counts_false_wrong_and_disagreements(trained, tmp_path, monkeypatch):
     from scripted_server import ScriptedServer
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key")  # exported for a judge=openai: never for this server
-    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:4]]
-    golds = {row["question"]: row["answer"].split("####")[-1].strip() for row in rows}
     out = tmp_path / "eval"
-    with ScriptedServer(reply=served_reply(golds)) as server:
-        cfg = compose_evaluate(
-            f"run={trained}", "backend=api", f"backend.base_url={server.url}", "judge=local",
-            f"judge.base_url={server.url}", f"judge.cache_dir={tmp_path / 'judge'}", "tasks=[claire_gsm8k_chat]",
-            "limit=4", f"data.gsm8k_test_file={GSM8K}", f"output_dir={out}",
-        )  # fmt: skip
-        evaluate.run(cfg)
+    with ScriptedServer(reply=served_reply(gsm8k_golds(4))) as server:
+        evaluate.run(api_eval(trained, server.url, server.url, tmp_path, 4))
         asked = server.counts["received"]
         sent = {request["authorization"] for request in server.requests}
     assert asked == 4 * 2 + 4 * 2  # each model once per item, the judge once per output
@@ -322,15 +330,8 @@ def test_runs_with_special_markers_decode_them_on_the_hf_backend(trained, tiny_m
 def test_a_judge_that_refuses_does_not_lose_the_evaluation(trained, tmp_path):
     from scripted_server import ScriptedServer
 
-    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:2]]
-    golds = {row["question"]: row["answer"].split("####")[-1].strip() for row in rows}
-    with ScriptedServer(reply=served_reply(golds)) as models_server, ScriptedServer(default="401") as judge_server:
-        cfg = compose_evaluate(
-            f"run={trained}", "backend=api", f"backend.base_url={models_server.url}", "judge=local",
-            f"judge.base_url={judge_server.url}", f"judge.cache_dir={tmp_path / 'judge'}", "tasks=[claire_gsm8k_chat]",
-            "limit=2", f"data.gsm8k_test_file={GSM8K}", f"output_dir={tmp_path / 'eval'}",
-        )  # fmt: skip
-        evaluate.run(cfg)
+    with ScriptedServer(reply=served_reply(gsm8k_golds(2))) as models, ScriptedServer(default="401") as judge:
+        evaluate.run(api_eval(trained, models.url, judge.url, tmp_path, 2))
     results = read(tmp_path / "eval" / "results.json")
     assert "the judge API refused the request" in results["judge_error"]
     assert read(tmp_path / "eval" / "metrics.json")["tuned/claire_gsm8k_chat/exact_match,claire"] == 1.0
