@@ -35,12 +35,29 @@ def train(cfg: DictConfig, checked: dict) -> float:
     trainer, checkpoint, tracker_id = build_trainer(cfg, checked)
     args = trainer.args
     log.info("Global batch %d", args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
+    pruning = sweep_callback(trainer, cfg)
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = finish(trainer, cfg, out, time.time() - started, tracker_id)
+    if pruning is not None and pruning.pruned:
+        import optuna
+
+        runs.write_json(out / "metrics.json", metrics | {"pruned": True, "pruned_at_step": trainer.state.global_step})
+        raise optuna.TrialPruned(f"pruned at step {trainer.state.global_step}; run folder {out}")
     if cfg.objective not in metrics:
         raise ClaireError(f"objective={cfg.objective} is not in metrics.json; it has {sorted(metrics)}")
     print(f"claire.train: done; run folder {out} ({cfg.objective}={metrics[cfg.objective]:.4f})")
     return float(metrics[cfg.objective])
+
+
+def sweep_callback(trainer: SFTTrainer, cfg: DictConfig) -> Any:
+    """In a sweep trial: report the objective at each evaluation to the study, stop when pruned (else None)."""
+    if "CLAIRE_SWEEP_TRIAL" not in os.environ:
+        return None
+    from claire import sweep
+
+    callback = sweep.pruning_callback(cfg.objective)
+    trainer.add_callback(callback)
+    return callback
 
 
 def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | None, str | None]:

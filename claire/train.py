@@ -6,6 +6,7 @@ itself lives in claire.sft, imported once the config has passed its checks.
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from claire import ClaireError, checks, runs
@@ -28,6 +29,8 @@ def main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except ClaireError as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # an exception fails this trial; SystemExit would end the whole sweep
         raise SystemExit(f"claire.train: error: {error}") from None
 
 
