@@ -28,12 +28,17 @@ def space(cwd, params: dict[str, str]) -> None:
     (folder / "test.yaml").write_text("\n".join(lines) + "\n")
 
 
-def swept(tiny_model_dir, cwd, *overrides: str) -> subprocess.CompletedProcess:
-    """`python -m claire.train -m hparams_search=test` on the tiny model, run in cwd."""
+def swept_command(tiny_model_dir, cwd, *overrides: str) -> list[str]:
+    """`python -m claire.train -m hparams_search=test` on the tiny model (the test's search space in cwd/conf)."""
     model = [f"model.id={tiny_model_dir}", "model.name=tiny", "model.gguf_file=null", "model.gguf_package=null"]
     model += ["model.dtype=float32", "trainer.bf16=false"]
     search = ["--config-dir", str(cwd / "conf"), "-m", "hparams_search=test"]
-    command = [sys.executable, "-m", "claire.train", *search, *model, *FAST, *overrides]
+    return [sys.executable, "-m", "claire.train", *search, *model, *FAST, *overrides]
+
+
+def swept(tiny_model_dir, cwd, *overrides: str) -> subprocess.CompletedProcess:
+    """Run a sweep in cwd to its end."""
+    command = swept_command(tiny_model_dir, cwd, *overrides)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # the sweeper is found as an installed Hydra plugin
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -124,3 +129,29 @@ def test_a_trial_whose_process_died_is_failed_and_retried_with_its_parameters(ti
     assert [t.state for t in found] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert found[1].params == found[0].params and found[1].system_attrs["failed_trial"] == 0
     assert (folder / "trial-1" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_sweeper_mid_trial_then_a_rerun_ends_with_exactly_n_trials(tiny_model_dir, tmp_path):
+    import signal
+    import time
+
+    space(tmp_path, {"schedule.learning_rate": "tag(log, interval(1e-4, 1e-2))"})
+    beats = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2", "hydra.sweeper.pruner.name=none"]
+    overrides = [*beats, "hydra.sweeper.n_trials=3", "trainer.max_steps=8"]  # long enough to be caught mid-trial
+    command = swept_command(tiny_model_dir, tmp_path, *overrides)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    sweeper = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    second = tmp_path / "sweeps" / "quick-cpu" / "trial-1"
+    deadline = time.monotonic() + 300
+    while not (second / "config.yaml").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(sweeper.pid, signal.SIGKILL)
+    sweeper.wait()
+    assert [t.state for t in trials(tmp_path)][-1] == optuna.trial.TrialState.RUNNING  # killed in the middle
+    time.sleep(3)  # past the grace period: the killed trial's heartbeat is stale
+    swept(tiny_model_dir, tmp_path, *overrides)
+    states = [t.state for t in trials(tmp_path)]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3 and optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.FAIL) == 1  # the killed one, retried under a new number
