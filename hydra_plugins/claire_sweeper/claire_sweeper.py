@@ -34,7 +34,6 @@ class ClaireSweeperConf:
     study_name: str = "claire"
     storage: str | None = None  # null: $CLAIRE_SWEEP_DATABASE (e.g. PostgreSQL), else sqlite in sweeps/<study>/
     direction: str = "minimize"
-    objective: str = "eval_loss"
     n_trials: int = 10  # the study's budget, over every run and every sweeper process sharing it
     n_jobs: int = 1  # trials launched together (the launcher runs them)
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": None})
@@ -167,7 +166,6 @@ class ClaireSweeper(Sweeper):
             "CLAIRE_SWEEP_TRIAL": str(trial.number),
             "CLAIRE_SWEEP_PRUNER": json.dumps(dict(self.settings.pruner)),
         }
-        found |= {"CLAIRE_SWEEP_OBJECTIVE": self.settings.objective}
         return [f"+hydra.job.env_set.{k}='{v}'" for k, v in found.items()]
 
     def beat(self, study: optuna.Study, trials: list, stop: threading.Event) -> None:
