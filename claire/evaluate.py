@@ -91,14 +91,7 @@ def check(cfg: DictConfig) -> tuple[list[str], Any]:
             close = difflib.get_close_matches(name, manager.all_tasks, n=5)
             raise ClaireError(f"task {name} is not an lm-eval task (Claire's included); close ones: {close}")
     if cfg.backend.name == "api":
-        if cfg.backend.key_env and cfg.backend.key_env not in os.environ:
-            raise ClaireError(f"backend.key_env={cfg.backend.key_env} is not set in the environment; export it")
-        scored = [n for n in names if _output_type(manager, n) not in (None, "generate_until")]
-        if scored:
-            raise ClaireError(
-                f"backend=api cannot score {scored}: chat completions give no log-likelihoods; "
-                "use backend=hf or backend=vllm, or the generative variants (suite=generative)"
-            )
+        check_api(cfg, names, manager)
     if cfg.judge.enabled:
         from claire import judge
 
@@ -110,9 +103,21 @@ def check(cfg: DictConfig) -> tuple[list[str], Any]:
             f"objective={cfg.objective} is not a metrics.json key; they read <{'|'.join(labels)}>/<task>/<metric>,"
             f"<filter>, e.g. {labels[-1]}/{names[0]}/exact_match,claire"
         )
-    if cfg.backend.name == "api" and not cfg.apply_chat_template:
-        raise ClaireError("backend=api sends chat messages: it needs apply_chat_template=true")
     return names, manager
+
+
+def check_api(cfg: DictConfig, names: list[str], manager: Any) -> None:
+    """An OpenAI-compatible server takes chat messages and gives no log-likelihoods; its key must be exported."""
+    if cfg.backend.key_env and cfg.backend.key_env not in os.environ:
+        raise ClaireError(f"backend.key_env={cfg.backend.key_env} is not set in the environment; export it")
+    if not cfg.apply_chat_template:
+        raise ClaireError("backend=api sends chat messages: it needs apply_chat_template=true")
+    scored = [n for n in names if _output_type(manager, n) not in (None, "generate_until")]
+    if scored:
+        raise ClaireError(
+            f"backend=api cannot score {scored}: chat completions give no log-likelihoods; "
+            "use backend=hf or backend=vllm, or the generative variants (suite=generative)"
+        )
 
 
 def require_packages(cfg: DictConfig) -> None:
@@ -308,9 +313,7 @@ def server_key(backend: DictConfig) -> Iterator[None]:
     if backend.name != "api":
         yield
         return
-    key_env = backend.get("key_env")
-    if key_env and key_env not in os.environ:
-        raise ClaireError(f"backend.key_env={key_env} is not set in the environment; export it or set key_env=null")
+    key_env = backend.get("key_env")  # checked to be exported by check_api
     saved = os.environ.get("OPENAI_API_KEY")
     os.environ["OPENAI_API_KEY"] = os.environ[key_env] if key_env else ""
     try:

@@ -160,8 +160,8 @@ def test_backends_get_the_adapter_their_own_way(trained, monkeypatch):
         assert os.environ["OPENAI_API_KEY"] == "sk-local"  # where lm-eval's chat backend reads it, while it runs
     assert "OPENAI_API_KEY" not in os.environ
     monkeypatch.delenv("MY_SERVER_KEY")
-    with pytest.raises(ClaireError, match="backend.key_env=MY_SERVER_KEY is not set"), evaluate.server_key(cfg.backend):
-        pass
+    with pytest.raises(ClaireError, match="backend.key_env=MY_SERVER_KEY is not set in the environment"):
+        evaluate.check(cfg)
 
 
 def test_cli_error_is_one_line(tmp_path):
