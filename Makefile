@@ -9,7 +9,7 @@ ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup train test test-fast lint format bench-train bench-generate bench-eval evaluate sample demo-causal clean-venv
+.PHONY: setup train test test-fast lint format bench-train bench-generate bench-eval bench-sweep evaluate sample demo-causal clean-venv
 
 setup: $(STAMP)
 
@@ -47,6 +47,9 @@ bench-generate: $(STAMP)  ## teacher throughput under a rate limit (scripted ser
 
 bench-eval: $(STAMP)  ## claire.evaluate vs lm-eval's CLI at its default batch size: wall time on 40 gsm8k items
 	$(PY) benchmarks/bench_eval.py $(ARGS)
+
+bench-sweep: $(STAMP)  ## the quick CPU sweep with and without pruning: share of training steps saved, both best objectives
+	$(PY) benchmarks/bench_sweep.py $(ARGS)
 
 sample: $(STAMP)  ## regenerate the embedded sample data (deterministic)
 	$(PY) -m claire.causal

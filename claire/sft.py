@@ -36,13 +36,19 @@ def train(cfg: DictConfig, checked: dict) -> float:
     args = trainer.args
     log.info("Global batch %d", args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
     pruning = sweep_callback(trainer, cfg)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = finish(trainer, cfg, out, time.time() - started, tracker_id)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = finish(trainer, cfg, out, time.time() - started, tracker_id)
+    except BaseException:
+        close_tracking(cfg, "failed")
+        raise
     if pruning is not None and pruning.pruned:
         import optuna
 
         runs.write_json(out / "metrics.json", metrics | {"pruned": True, "pruned_at_step": trainer.state.global_step})
+        close_tracking(cfg, "pruned")
         raise optuna.TrialPruned(f"pruned at step {trainer.state.global_step}; run folder {out}")
+    close_tracking(cfg, "finished")
     if cfg.objective not in metrics:
         raise ClaireError(f"objective={cfg.objective} is not in metrics.json; it has {sorted(metrics)}")
     print(f"claire.train: done; run folder {out} ({cfg.objective}={metrics[cfg.objective]:.4f})")
@@ -130,6 +136,24 @@ def start_tracking(cfg: DictConfig, out: Path) -> str | None:
     id_file.write_text(run_id)
     os.environ["WANDB_RUN_ID"], os.environ["WANDB_RESUME"] = run_id, "allow"
     return run_id
+
+
+def close_tracking(cfg: DictConfig, outcome: str) -> None:
+    """End this run's tracker run tagged with how it ended (finished, pruned, failed) and, in a sweep, its study and
+    trial: the trials of a sweep share one process, and the next would otherwise log into this run."""
+    if cfg.tracking.report_to != "wandb":
+        return
+    import wandb
+
+    if wandb.run is None:
+        return
+    tags = [outcome]
+    if "CLAIRE_SWEEP_TRIAL" in os.environ:
+        tags += [f"study:{os.environ['CLAIRE_SWEEP_STUDY']}", f"trial:{os.environ['CLAIRE_SWEEP_TRIAL']}"]
+    wandb.run.tags = (*wandb.run.tags, *tags)
+    wandb.run.summary["outcome"] = outcome
+    wandb.finish(exit_code=int(outcome == "failed"))
+    wandb.teardown()  # wandb keeps the environment it first read (WANDB_DIR, WANDB_RUN_ID): the next run re-reads it
 
 
 def preview(trainer: SFTTrainer, tokenizer: Any, cfg: DictConfig, path: Path) -> None:

@@ -9,6 +9,7 @@ training to the shared study and stops when the pruner says so.
 import json
 import logging
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,29 +21,31 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from claire import sweep
+from claire import ClaireError, sweep
 
 log = logging.getLogger(__name__)
+# Heartbeats and ask-and-tell outside optimize() are what this sweeper is built on (optuna pinned exactly, tested).
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
 
 
 @dataclass
 class ClaireSweeperConf:
+    # sampler and pruner are config groups (conf/hydra/sweeper/{sampler,pruner}/): hydra/sweeper/sampler=grid
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
     _target_: str = "hydra_plugins.claire_sweeper.claire_sweeper.ClaireSweeper"
+    _recursive_: bool = False  # sampler and pruner stay configs: built per study (seed, grid) and again in each job
     study_name: str = "claire"
-    storage: str | None = None  # null: $CLAIRE_SWEEP_DATABASE (e.g. PostgreSQL), else sqlite in sweeps/<study>/
+    storage: str | None = None  # null: $CLAIRE_SWEEP_DATABASE (e.g. PostgreSQL), else sqlite in hydra.sweep.dir
     direction: str = "minimize"
     n_trials: int = 10  # the study's budget, over every run and every sweeper process sharing it
-    n_jobs: int = 1  # trials launched together (the launcher runs them)
-    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": None})
-    pruner: dict[str, Any] = field(  # name: none | median | hyperband | threshold; the keys each of them reads
-        default_factory=lambda: (
-            {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0, "min_resource": 1}
-            | {"max_resource": "auto", "lower": None, "upper": None}
-        )
-    )
+    n_jobs: int = 1  # trials launched together, in one call of the launcher (joblib, submitit)
+    sampler: Any = MISSING
+    pruner: Any = MISSING
+    report: bool = True  # write the summary's plots (claire.sweep_report) when the sweep ends
     heartbeat_interval: int = 60  # seconds; a trial silent for grace_period is taken for dead and retried
     grace_period: int = 180
     max_retry: int = 2
@@ -94,53 +97,69 @@ class ClaireSweeper(Sweeper):
         overrides = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(params)
         space = {o.get_key_element(): d for o in overrides if (d := distribution(o)) is not None}
         fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in overrides if distribution(o) is None]
-        url = sweep.storage_url(self.settings.storage, self.settings.study_name)
-        study = self.study(url, space)
+        url = sweep.storage_url(self.settings.storage, Path(self.config.hydra.sweep.dir))
+        try:
+            study = self.study(url, space)
+        except ClaireError as error:  # before any trial runs: one line, as claire.train's own checks
+            raise SystemExit(f"claire sweeper: error: {error}") from None
         Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, Path(self.config.hydra.sweep.dir) / "multirun.yaml")
         returns = []
         while (room := self.room(study)) > 0:
-            trials = [study.ask(fixed_distributions=space) for _ in range(min(self.settings.n_jobs, room))]
-            returns.append(self.launch(study, url, trials, fixed))
+            asked = [study.ask(fixed_distributions=space) for _ in range(min(self.settings.n_jobs, room))]
+            if trials := [t for t in asked if self.within_budget(study, t)]:
+                returns.append(self.launch(study, url, trials, fixed))
         log.info(
-            "Study %s: %d trials counted of n_trials=%d", study.study_name, self.counted(study), self.settings.n_trials
+            "Study %s: %d trials counted of n_trials=%d",
+            study.study_name,
+            counted(study.get_trials(deepcopy=False)),
+            self.settings.n_trials,
         )
-        sweep.write_summary(study, Path(self.config.hydra.sweep.dir))
+        self.summarise(study, Path(self.config.hydra.sweep.dir))
         return returns
+
+    def summarise(self, study: optuna.Study, folder: Path) -> None:
+        """trials.csv, summary.json, best.yaml and, with report=true, the plots and report.md."""
+        if self.settings.report:
+            from claire import sweep_report
+
+            sweep_report.write_report(study, folder)
+        else:
+            sweep.write_summary(study, folder)
 
     def study(self, url: str, space: dict) -> optuna.Study:
         """The persistent study (created on first use), with heartbeats so dead trials are found and retried."""
-        storage = optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=self.settings.heartbeat_interval,
-            grace_period=self.settings.grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(self.settings.max_retry),
-        )
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(self.settings.max_retry)
+        beats = {"heartbeat_interval": self.settings.heartbeat_interval, "grace_period": self.settings.grace_period}
+        storage = sweep.storage(url, heartbeat_stale_trial_callback=retry, **beats)
         study = optuna.create_study(
             study_name=self.settings.study_name,
             storage=storage,
-            pruner=sweep.pruner(self.settings.pruner),
+            pruner=sweep.pruner(OmegaConf.to_container(self.settings.pruner, resolve=True)),
             direction=self.settings.direction,
             load_if_exists=True,
         )
-        study.sampler = sweep.sampler(self.settings.sampler, space, offset=len(study.get_trials(deepcopy=False)))
+        sampler = OmegaConf.to_container(self.settings.sampler, resolve=True)
+        study.sampler = sweep.sampler(sampler, space, offset=len(study.get_trials(deepcopy=False)))
         return study
-
-    def counted(self, study: optuna.Study) -> int:
-        """Trials that use up the budget: finished, pruned, running, waiting, and failed ones not being retried."""
-        trials = study.get_trials(deepcopy=False)
-        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-        waiting = optuna.trial.TrialState.WAITING
-        return sum(
-            t.state in (*COUNTED, waiting) or (t.state == optuna.trial.TrialState.FAIL and t.number not in retried)
-            for t in trials
-        )
 
     def room(self, study: optuna.Study) -> int:
         """How many more trials the budget allows, after failing trials whose heartbeat stopped (they are retried)."""
         optuna.storages.fail_stale_trials(study)
-        waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
-        return self.settings.n_trials - self.counted(study) + waiting  # a waiting retry is asked, not added
+        trials = study.get_trials(deepcopy=False)
+        waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        return self.settings.n_trials - counted(trials) + waiting  # a waiting retry is asked, not added
+
+    def within_budget(self, study: optuna.Study, trial: optuna.trial.Trial) -> bool:
+        """Whether the trials numbered before this one leave it room; sweepers sharing a study can ask at once, and
+        the lower numbers win. One without room is failed as skipped (never run, never counted)."""
+        if counted(study.get_trials(deepcopy=False), before=trial.number) < self.settings.n_trials:
+            return True
+        reason = f"not run: another sweeper reached the study's budget n_trials={self.settings.n_trials} first"
+        study._storage.set_trial_user_attr(trial._trial_id, "skipped", reason)
+        told(study, trial, state=optuna.trial.TrialState.FAIL)
+        log.info("Trial %d %s", trial.number, reason)
+        return False
 
     def launch(self, study: optuna.Study, url: str, trials: list, fixed: list[str]) -> Sequence:
         """Run trials as Hydra jobs (heartbeats kept while they run) and tell the study how each ended."""
@@ -148,10 +167,8 @@ class ClaireSweeper(Sweeper):
         alive = threading.Event()
         beating = threading.Thread(target=self.beat, args=(study, trials, alive), daemon=True)
         beating.start()
-        try:
-            results = []
-            for trial, overrides in zip(trials, batch, strict=True):  # one job a call: its number names its folder
-                results += self.launcher.launch([overrides], initial_job_idx=trial.number)
+        try:  # one call, so a parallel launcher runs the batch together; each folder is named by its trial number
+            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
         finally:
             alive.set()
             beating.join()
@@ -164,7 +181,7 @@ class ClaireSweeper(Sweeper):
         found = {"CLAIRE_SWEEP_STORAGE": url, "CLAIRE_SWEEP_STUDY": self.settings.study_name}
         found |= {
             "CLAIRE_SWEEP_TRIAL": str(trial.number),
-            "CLAIRE_SWEEP_PRUNER": json.dumps(dict(self.settings.pruner)),
+            "CLAIRE_SWEEP_PRUNER": json.dumps(OmegaConf.to_container(self.settings.pruner, resolve=True)),
         }
         return [f"+hydra.job.env_set.{k}='{v}'" for k, v in found.items()]
 
@@ -200,3 +217,15 @@ def told(study: optuna.Study, trial: optuna.trial.Trial, **outcome: Any) -> None
     except RuntimeError as error:  # the trial is stored before after_trial raises; the budget ends the sweep anyway
         if "Study.stop" not in str(error):
             raise
+
+
+def counted(trials: list[optuna.trial.FrozenTrial], before: int | None = None) -> int:
+    """Trials (numbered below `before`) that use up the budget: finished, pruned, running, waiting, and failed ones
+    neither retried nor skipped."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(
+        t.state in (*COUNTED, optuna.trial.TrialState.WAITING)
+        or (t.state == optuna.trial.TrialState.FAIL and t.number not in retried and "skipped" not in t.user_attrs)
+        for t in trials
+        if before is None or t.number < before
+    )
