@@ -45,7 +45,9 @@ def train(cfg: DictConfig, checked: dict) -> float:
     if pruning is not None and pruning.pruned:
         import optuna
 
-        runs.write_json(out / "metrics.json", metrics | {"pruned": True, "pruned_at_step": trainer.state.global_step})
+        if writes_run_folder():
+            pruned = {"pruned": True, "pruned_at_step": trainer.state.global_step}
+            runs.write_json(out / "metrics.json", metrics | pruned)
         close_tracking(cfg, "pruned")
         raise optuna.TrialPruned(f"pruned at step {trainer.state.global_step}; run folder {out}")
     close_tracking(cfg, "finished")
@@ -72,18 +74,22 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
     args, lora, quant = checks.build_all(checked)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = runs.check_run_dir(out, cfg)
+    everyone_checked(args)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     tokenizer = models.load_tokenizer(cfg.model)
     train_set, eval_set, data_report = prepare_data(cfg, tokenizer)
-    if checkpoint is None:
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(runs.resolved(cfg))))
-    runs.write_json(out / "data_report.json", data_report)
-    fingerprint = data.fingerprint(train_set, eval_set)
-    runs.write_json(
-        out / "manifest.json",
-        runs.manifest(cfg, {"path": str(cfg.data.path), "fingerprint": fingerprint, "rows": data_report["kept"]}),
-    )
-    tracker_id = start_tracking(cfg, out)
+    tracker_id = None
+    if writes_run_folder():
+        if checkpoint is None:
+            (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(runs.resolved(cfg))))
+        runs.write_json(out / "data_report.json", data_report)
+        fingerprint = data.fingerprint(train_set, eval_set)
+        rows = data_report["kept"]
+        runs.write_json(
+            out / "manifest.json",
+            runs.manifest(cfg, {"path": str(cfg.data.path), "fingerprint": fingerprint, "rows": rows}),
+        )
+        tracker_id = start_tracking(cfg, out)
     model = models.load_model(cfg.model, quant, tokenizer)
     if lora is not None and cfg.model.markers == "special":
         # New tokens need trained input and output embeddings. peft's trainable_token_indices would be lighter,
@@ -100,6 +106,17 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
     )
     preview(trainer, tokenizer, cfg, out / "examples.txt")
     return trainer, checkpoint, tracker_id
+
+
+def writes_run_folder() -> bool:
+    """Whether this process writes the run folder: the only process, or rank 0 of a multi-process run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def everyone_checked(args: Any) -> None:
+    """In a multi-process run, wait until every rank has checked the run folder before rank 0 writes into it."""
+    if args.world_size > 1:
+        args.distributed_state.wait_for_everyone()
 
 
 def prepare_data(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any, dict]:
@@ -171,10 +188,11 @@ def preview(trainer: SFTTrainer, tokenizer: Any, cfg: DictConfig, path: Path) ->
         ids, labels = dataset[i]["input_ids"], dataset[i]["labels"]
         blocks.append(f"=== example {i}: {len(ids)} tokens, {sum(x != -100 for x in labels)} with loss\n")
         blocks.append(render_loss_mask(tokenizer, ids, labels) + "\n")
-    path.write_text(
-        "Training examples as the model sees them (chat template applied). Text inside [[ ]] carries loss.\n\n"
-        + "".join(blocks)
-    )
+    if writes_run_folder():
+        path.write_text(
+            "Training examples as the model sees them (chat template applied). Text inside [[ ]] carries loss.\n\n"
+            + "".join(blocks)
+        )
 
 
 def render_loss_mask(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
@@ -212,7 +230,9 @@ def finish(trainer: SFTTrainer, cfg: DictConfig, out: Path, wall: float, tracker
     }
     if metrics["train_runtime_s"]:
         metrics["tokens_per_second"] = state.num_input_tokens_seen / metrics["train_runtime_s"]
-    trainer.save_model(str(out / "adapter"))
+    trainer.save_model(str(out / "adapter"))  # every rank calls it; the trainer saves on rank 0
+    if not writes_run_folder():
+        return metrics
     trainer.processing_class.save_pretrained(str(out / "adapter"))
     if cfg.merge:
         metrics["merge_max_logit_diff"] = save_merged(trainer, out / "merged")

@@ -4,6 +4,8 @@ This module imports only Hydra and OmegaConf, so a bad config fails in about a s
 itself lives in claire.sft, imported once the config has passed its checks.
 """
 
+import os
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -22,10 +24,22 @@ def run(cfg: DictConfig) -> float:
     return sft.train(cfg, checked)
 
 
+def join_submitit_ranks() -> None:
+    """A job of several submitit tasks (hydra.launcher.tasks_per_node=N, one per GPU) is one torch distributed run:
+    export the rank variables torch and accelerate read, as torchrun would."""
+    if "RANK" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entrypoint: `python -m claire.train group=option key=value ...`."""
     cfg.output_dir = HydraConfig.get().runtime.output_dir
+    join_submitit_ranks()
     try:
         return run(cfg)
     except ClaireError as error:

@@ -218,6 +218,20 @@ def test_submitit_launcher_runs_trials_as_its_jobs(tiny_model_dir, tmp_path):
     assert list((folder / ".submitit").glob("*/*_result.pkl"))  # submitit ran them, not the basic launcher
 
 
+@pytest.mark.slow
+def test_a_trial_of_two_ranks_under_submitit_is_pruned_by_rank_0_and_both_stop(tiny_model_dir, tmp_path):
+    space(tmp_path, {"schedule.learning_rate": "choice(0.001)"})
+    ranks = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.tasks_per_node=2"]
+    prune = ["hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.upper=1.0"]  # the tiny model's loss is ~10.8
+    swept(tiny_model_dir, tmp_path, *ranks, *prune, "hydra.sweeper.n_trials=1", "trainer.per_device_train_batch_size=2")
+    [trial] = trials(tmp_path)
+    assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [4]  # 1 step x 2 x 2
+    folder = tmp_path / "sweeps" / "quick-cpu"
+    assert "Global batch 4" in (folder / "trial-0" / "train.log").read_text()  # 2 rows a rank, 2 ranks
+    assert json.loads((folder / "trial-0" / "metrics.json").read_text())["pruned"] is True
+    assert len(list((folder / ".submitit").glob("*/*_result.pkl"))) == 2  # both ranks returned: none hung
+
+
 def test_of_trials_asked_at_once_by_two_sweepers_the_lower_numbers_win(tmp_path):
     from hydra_plugins.claire_sweeper.claire_sweeper import ClaireSweeper, counted
 
