@@ -87,7 +87,7 @@ def current_trial() -> optuna.trial.Trial | None:
         return None
     study = optuna.load_study(
         study_name=os.environ["CLAIRE_SWEEP_STUDY"],
-        storage=os.environ["CLAIRE_SWEEP_STORAGE"],
+        storage=os.environ.get("CLAIRE_SWEEP_STORAGE") or os.environ["CLAIRE_SWEEP_DATABASE"],
         pruner=pruner(json.loads(os.environ["CLAIRE_SWEEP_PRUNER"])),
     )
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(number))

@@ -350,3 +350,23 @@ def test_a_search_file_leaves_model_and_data_to_the_command_line():
         "lora", "lora.lora_dropout", "schedule.warmup_steps", "schedule.weight_decay",
         "trainer.gradient_accumulation_steps", "trainer.num_train_epochs",
     ]  # fmt: skip
+
+
+@pytest.mark.skipif(not os.environ.get("CLAIRE_TEST_POSTGRES"), reason="set CLAIRE_TEST_POSTGRES to a PostgreSQL URL")
+def test_two_sweepers_share_a_postgresql_study_and_its_password_is_never_written(tiny_model_dir, tmp_path):
+    url = os.environ["CLAIRE_TEST_POSTGRES"]  # e.g. postgresql+psycopg://claire:secret@localhost/sweeps
+    study = f"test-{tmp_path.name}-{os.getpid()}"
+    space(tmp_path, {"schedule.learning_rate": "tag(log, interval(1e-4, 1e-2))"})
+    command = swept_command(tiny_model_dir, tmp_path, "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3",
+                            f"hydra.sweeper.study_name={study}")  # fmt: skip
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "CLAIRE_SWEEP_DATABASE": url}
+    sweepers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(2)]  # fmt: skip
+    errors = [s.communicate(timeout=600)[1] for s in sweepers]
+    assert [s.returncode for s in sweepers] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    found = optuna.load_study(study_name=study, storage=url).get_trials()
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in found) == 3
+    assert not (tmp_path / "sweeps" / study / "study.db").exists()  # the study lives in PostgreSQL only
+    password = url.split("@")[0].rsplit(":", 1)[-1]
+    written = [p for p in (tmp_path / "sweeps").rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".log")]
+    assert written and not [p for p in written if password in p.read_text(errors="ignore")]

@@ -8,6 +8,7 @@ training to the shared study and stops when the pruner says so.
 
 import json
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Sequence
@@ -178,7 +179,9 @@ class ClaireSweeper(Sweeper):
 
     def environment(self, url: str, trial: optuna.trial.Trial) -> list[str]:
         """How a job finds its trial (environment variables, so no job ever overrides the sweeper's config)."""
-        found = {"CLAIRE_SWEEP_STORAGE": url, "CLAIRE_SWEEP_STUDY": self.settings.study_name}
+        found = {"CLAIRE_SWEEP_STUDY": self.settings.study_name}
+        if url != os.environ.get("CLAIRE_SWEEP_DATABASE"):  # that one the job inherits: its password stays out of
+            found["CLAIRE_SWEEP_STORAGE"] = url  # the overrides every trial folder records
         found |= {
             "CLAIRE_SWEEP_TRIAL": str(trial.number),
             "CLAIRE_SWEEP_PRUNER": json.dumps(OmegaConf.to_container(self.settings.pruner, resolve=True)),
