@@ -4,7 +4,9 @@ Both sweeps use the same search space, sampler and seed, each in its own study u
 after the other in separate processes. Printed: optimizer steps trained in all (read from each trial's
 metrics.json), the share of steps pruning saved, the best objective of each sweep, and their wall times.
 The target is at least 40% of steps saved with a best objective within the noise of the unpruned sweep.
-    python benchmarks/bench_sweep.py [--trials 8] [--pruner median] [--threads 2] [--out DIR]
+    python benchmarks/bench_sweep.py [--trials 8] [--pruners median,percentile] [--threads 2] [--out DIR]
+Each pruner in --pruners is one sweep, all compared with the one unpruned sweep of the same run; pruner keys can
+be set as --set hydra.sweeper.pruner.min_resource=24 (passed to every pruned sweep).
 """
 
 import argparse
@@ -20,10 +22,11 @@ from pathlib import Path
 
 def sweep_command(opts: argparse.Namespace, pruner: str) -> list[str]:
     """The quick CPU sweep as a user types it, with its own study name and the pruner under test."""
+    extra = list(opts.set) if pruner != "none" else []
     return [
         sys.executable, "-m", "claire.train", "-m", "hparams_search=quick-cpu", f"hydra/sweeper/pruner={pruner}",
         f"hydra.sweeper.study_name=bench-{pruner}", f"hydra.sweeper.n_trials={opts.trials}", f"threads={opts.threads}",
-        "hydra.sweeper.report=false", "trainer.disable_tqdm=true",
+        "hydra.sweeper.report=false", "trainer.disable_tqdm=true", *extra,
     ]  # fmt: skip
 
 
@@ -54,26 +57,25 @@ def main() -> None:
     """Run both sweeps and print the comparison table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--pruner", default="median", help="a conf/hydra/sweeper/pruner/ option")
+    parser.add_argument("--pruners", default="median", help="conf/hydra/sweeper/pruner/ options, comma-separated")
+    parser.add_argument("--set", action="append", default=[], help="an override for the pruned sweeps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="where the studies are written (default: a temp dir)")
     opts = parser.parse_args()
     out = opts.out or Path(tempfile.mkdtemp(prefix="claire-bench-sweep-"))
     out.mkdir(parents=True, exist_ok=True)
-    pruned, full = run_sweep(opts, opts.pruner, out), run_sweep(opts, "none", out)
-    saved = 1 - pruned["steps"] / full["steps"]
+    rows = [run_sweep(opts, pruner, out) for pruner in opts.pruners.split(",")]
+    full = run_sweep(opts, "none", out)
     print(f"bench_sweep: quick-cpu, {opts.trials} trials, {opts.threads} threads, studies in {out}/sweeps/")
-    print("| sweep | trials pruned | steps trained | best eval_loss | wall |")
-    print("|---|---|---|---|---|")
-    for row in (pruned, full):
-        print(f"| {row['pruner']} | {row['pruned']}/{row['trials']} | {row['steps']} | {row['best']:.4f} | "
-              f"{row['wall_s']:.0f} s |")  # fmt: skip
-    diff = pruned["best"] - full["best"]
-    speedup = full["wall_s"] / pruned["wall_s"]
-    print(f"steps saved by pruning: {saved:.1%} (target >= 40%); wall time, unpruned / pruned: {speedup:.2f}x")
-    print(f"best objective, pruned - unpruned: {diff:+.4f} (spread of the unpruned trials' final losses, "
-          f"one standard deviation: {full['spread']:.4f})")  # fmt: skip
-    (out / "bench_sweep.json").write_text(json.dumps({"pruned": pruned, "none": full, "steps_saved": saved}, indent=2))
+    print("| sweep | trials pruned | steps trained | steps saved | best eval_loss | best - unpruned best | wall |")
+    print("|---|---|---|---|---|---|---|")
+    for row in [*rows, full]:
+        row["steps_saved"] = 1 - row["steps"] / full["steps"]
+        print(f"| {row['pruner']} | {row['pruned']}/{row['trials']} | {row['steps']} | {row['steps_saved']:.1%} | "
+              f"{row['best']:.4f} | {row['best'] - full['best']:+.4f} | {row['wall_s']:.0f} s |")  # fmt: skip
+    print(f"target: >= 40% of steps saved, best within noise of the unpruned sweep (its trials' final losses have a "
+          f"standard deviation of {full['spread']:.4f})")  # fmt: skip
+    (out / "bench_sweep.json").write_text(json.dumps({"pruned": rows, "none": full}, indent=2))
 
 
 if __name__ == "__main__":
