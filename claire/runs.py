@@ -99,7 +99,7 @@ def check_run_dir(path: Path, cfg: DictConfig) -> str | None:
 def config_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
     """Dotted keys whose values differ, ignoring where the run lives and how it was started."""
     flat_saved, flat_now = _flatten(OmegaConf.to_container(saved)), _flatten(resolved(cfg))
-    ignored = {"resume", "output_dir"}
+    ignored = {"resume", "output_dir", "dry_run"}
     keys = set(flat_saved) | set(flat_now)
     return sorted(k for k in keys if k.split(".")[0] not in ignored and flat_saved.get(k) != flat_now.get(k))
 

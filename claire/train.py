@@ -18,6 +18,12 @@ runs.register_resolvers()
 
 def run(cfg: DictConfig) -> float:
     """Check the config, train, evaluate, save the run folder; return the sweep objective."""
+    if cfg.dry_run:  # plan only: parameters and GPU memory from the architecture; no data, weights or run folder
+        from claire import plan
+
+        plan.run(cfg)
+        plan.drop_run_dir(cfg.output_dir)
+        return float("nan")
     checked = checks.check(cfg, f"{cfg.output_dir}/checkpoints")
     from claire import sft
 
