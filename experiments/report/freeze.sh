@@ -1,0 +1,15 @@
+#!/bin/sh
+# Rewrite the frozen configs of the report's runs from conf/experiment/claire-*-v2.yaml; review the diff after.
+#   sh experiments/report/freeze.sh
+# Each folder keeps its reference.json (the numbers the report published) untouched.
+set -e
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-.venv/bin/python}
+for size in 0.5b 1.5b 7b; do
+  run=claire-$size-v2
+  dir=experiments/report/$run
+  mkdir -p "$dir/.hydra"
+  $PY -m claire.train experiment=$run output_dir=$dir --cfg job --resolve > "$dir/config.yaml"
+  $PY -m claire.train experiment=$run output_dir=$dir --cfg job > "$dir/.hydra/config.yaml"
+  printf -- "- experiment=%s\n- output_dir=%s\n" "$run" "$dir" > "$dir/.hydra/overrides.yaml"
+done
