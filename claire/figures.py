@@ -26,6 +26,13 @@ def bar_values(row: dict, column: str) -> tuple[float | None, float | None]:
     return (float(text), None) if text else (None, None)
 
 
+def accuracy_like(row: dict) -> bool:
+    """Rows a 0-1 bar chart can show: some value present and none outside [0, 1] (not e.g. graph_shd)."""
+    values = [bar_values(row, c)[0] for c in COLOURS]
+    present = [v for v in values if v is not None]
+    return bool(present) and all(0.0 <= v <= 1.0 for v in present)
+
+
 def bars(labels: list[str], rows: list[dict], title: str, path: Path) -> None:
     """Grouped bars, Base beside Claire, with 95% CIs over seeds and the published numbers as markers."""
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 1.5), 4.0))
@@ -81,13 +88,11 @@ def draw(groups: list[Any], tables: dict[str, list[dict]], out: Path) -> dict[st
     from claire.report import metric_label
 
     drawn: dict[str, dict[str, str]] = {"bars": {}, "loss": {}}
-    tables = {
-        key: [r for r in rows if any(bar_values(r, c)[0] is not None for c in COLOURS)] for key, rows in tables.items()
-    }
+    tables = {key: [r for r in rows if accuracy_like(r)] for key, rows in tables.items()}
     for group in groups:
-        rows = tables[group.name + group.model]
+        rows = tables[group.key]
         if rows:
-            name, title = f"bars-{slug(group.name)}.png", f"{TITLE}: {group.name} ({group.model})"
+            name, title = f"bars-{slug(group.label)}.png", f"{TITLE}: {group.label} ({group.model})"
             bars([f"{r['benchmark']}\n{metric_label(r)}" for r in rows], rows, title, out / name)
             drawn["bars"][name] = title
     benchmarks = sorted({(r["benchmark"], r["metric"], r["filter"]) for rows in tables.values() for r in rows})
@@ -99,8 +104,8 @@ def draw(groups: list[Any], tables: dict[str, list[dict]], out: Path) -> dict[st
         drawn["bars"][name] = title
     for group in groups:
         for run in group.runs:
-            label = f"{group.name}, seed {run.config.get('seed')} ({run.folder.name})"
-            name = f"loss-{slug(group.name)}-seed{run.config.get('seed')}-{slug(run.folder.name)}.png"
+            label = f"{group.label}, seed {run.config.get('seed')} ({run.folder.name})"
+            name = f"loss-{slug(group.label)}-seed{run.config.get('seed')}-{slug(run.folder.name)}.png"
             if loss_curves((run.metrics or {}).get("history", []), label, out / name):
                 drawn["loss"][name] = label
     return drawn

@@ -241,6 +241,8 @@ def render(plan: dict[str, Any]) -> str:
         f"assumptions: every row max_length tokens; {plan['counts']['attention']} attention; AdamW; trl's fused LM "
         f"head (the full logits would take {plan['full_logits_bytes'] / GB:.2f} GB more); 4-bit = nf4, double quant"
     )
+    if plan.get("cpu_trainer"):
+        lines.append("batch, length and checkpointing are the CPU trainer's; for a GPU run's pass trainer=a100 or l4")
     return "\n".join(lines)
 
 
@@ -273,6 +275,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "memory": memory,
         "fits": verdicts(memory),
         "full_logits_bytes": full_logits_bytes(c, batch * length),
+        "cpu_trainer": bool(trainer.get("use_cpu")),
     }
     print(render(plan))
     return plan

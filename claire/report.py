@@ -12,7 +12,6 @@ mean ± 95% CI across seeds, and a paired test of base vs fine-tuned on the same
 import csv
 import hashlib
 import json
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ NOT_THE_EXPERIMENT = {
     "dry_run",
 }
 LABELS = {"base": "Base", "tuned": "Claire"}
+RUN_FILES = ("report.md", "config.yaml", "metrics.json", "reference.json", "results.json")  # never written over
 
 
 @dataclass
@@ -57,41 +57,44 @@ class Run:
 class Group:
     """Runs of one experiment (same config but the seed), and the numbers a report published for it."""
 
+    key: str
     name: str
     model: str
     runs: list[Run]
     reference: dict | None = None
     repeats: list[Run] = field(default_factory=list)
     reference_config: dict | None = None  # the reference run's frozen config
-    planned: int | None = None  # trainable parameters counted by the dry run of that config
+    differs: list[str] = field(default_factory=list)  # config keys that tell it apart (from its reference or twins)
+    tag: str = ""  # set when several experiments share a run_name and model
+    planned: int | str | None = None  # trainable parameters by the dry run of the reference config, or why not
 
     @property
     def seeds(self) -> list[Any]:
         return [r.config.get("seed") for r in self.runs]
 
     @property
-    def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", self.name)
+    def label(self) -> str:
+        return f"{self.name} [{self.tag}]" if self.tag else self.name
 
 
 def find_runs(paths: list[str]) -> list[Run]:
     """Finished training runs and references under the paths (pruned sweep trials left out), evaluations attached."""
-    found, evals = {}, []
+    found, evals = {}, set()
     for root in map(Path, paths):
         if not root.exists():
             raise ClaireError(f"runs: {root} does not exist; pass run folders, sweep folders or experiments/")
         for folder in [root, *(p.parent for p in sorted(root.rglob("config.yaml")))]:
+            if not (folder / "config.yaml").is_file():
+                continue
             if (folder / "results.json").is_file():
-                evals.append(folder)
+                evals.add(folder.resolve())
             elif (folder / "reference.json").is_file() or (folder / "metrics.json").is_file():
                 found.setdefault(folder.resolve(), folder)
     runs_found = [load_run(folder) for folder in found.values()]
     runs_found = [r for r in runs_found if not (r.metrics or {}).get("pruned")]
-    for folder in sorted(set(evals), key=lambda p: (p / "results.json").stat().st_mtime):
-        target = evaluated_run(folder)
-        for run in runs_found:
-            if target == run.folder.resolve():
-                run.evals.append(folder)
+    for folder in sorted(evals, key=lambda p: ((p / "results.json").stat().st_mtime, str(p))):
+        for run in (r for r in runs_found if evaluated(folder, r.folder)):
+            run.evals.append(folder)
     return runs_found
 
 
@@ -102,16 +105,34 @@ def load_run(folder: Path) -> Run:
     return Run(folder, config, **{name: json.loads(path.read_text()) for name, path in files.items() if path.is_file()})
 
 
-def evaluated_run(folder: Path) -> Path | None:
-    """The training run an evaluation folder evaluated (its config's `run`), or None for a model alone."""
-    run = OmegaConf.load(folder / "config.yaml").get("run")
-    return Path(run).resolve() if run else None
+def evaluated(evaluation: Path, run: Path) -> bool:
+    """Whether an evaluation folder evaluated this run: it lies in the run's eval/, or its config's `run` names it
+    (a relative `run` as typed where claire.evaluate ran: from here, else as the trailing part of the run's path)."""
+    run = run.resolve()
+    if evaluation.parent.name == "eval" and evaluation.parent.parent == run:
+        return True
+    target = OmegaConf.load(evaluation / "config.yaml").get("run")
+    if not target:
+        return False
+    path = Path(str(target))
+    if path.is_absolute() or path.resolve() == run:
+        return path.resolve() == run
+    return ".." not in path.parts and run.parts[-len(path.parts) :] == path.parts
 
 
 def experiment_key(run: Run) -> str:
     """A hash of everything in the config that defines the experiment (not its seed or where it ran)."""
-    kept = {k: v for k, v in run.config.items() if k not in NOT_THE_EXPERIMENT}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(experiment(run.config), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def experiment(config: dict) -> dict:
+    """The config without what does not change what a run measures."""
+    return {k: v for k, v in config.items() if k not in NOT_THE_EXPERIMENT}
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """Dotted config keys where two experiments differ."""
+    return runs.config_differences(OmegaConf.create(experiment(a)), OmegaConf.create(experiment(b)))
 
 
 def group_runs(found: list[Run]) -> list[Group]:
@@ -119,45 +140,66 @@ def group_runs(found: list[Run]) -> list[Group]:
     groups: dict[str, Group] = {}
     for run in (r for r in found if r.reference is None):
         key = experiment_key(run)
-        groups.setdefault(key, Group(run.name, run.config["model"]["name"], [])).runs.append(run)
+        groups.setdefault(key, Group(key, run.name, run.config["model"]["name"], [])).runs.append(run)
     result = [drop_repeats(g) for g in groups.values()]
+    for first in result:
+        twins = [g for g in result if (g.name, g.model) == (first.name, first.model)]
+        for twin in twins[1:] if len(twins) > 1 else []:
+            twin.tag, twin.differs = twin.key[:6], differences(twins[0].runs[0].config, twin.runs[0].config)
+        if len(twins) > 1:
+            twins[0].tag = twins[0].key[:6]
     for ref in (r for r in found if r.reference is not None):
-        matching = [g for g in result if g.name == ref.name and g.reference is None]
+        matching = [g for g in result if g.name == ref.name and g.reference is None and g.runs]
         for group in matching:
             group.reference, group.reference_config = ref.reference, ref.config
+            group.differs = differences(ref.config, group.runs[0].config)
         if not matching:
-            result.append(Group(ref.name, ref.config["model"]["name"], [], ref.reference, reference_config=ref.config))
-    return sorted(result, key=lambda g: (g.name, g.model))
+            key = f"reference:{ref.folder.resolve()}"
+            result.append(
+                Group(key, ref.name, ref.config["model"]["name"], [], ref.reference, reference_config=ref.config)
+            )
+    return sorted(result, key=lambda g: (g.name, g.model, g.tag))
 
 
 def drop_repeats(group: Group) -> Group:
-    """Runs of the same seed repeat one another (a reproduction): the newest counts, the others are listed."""
-    newest: dict[str, Run] = {}
-    for run in sorted(group.runs, key=lambda r: (r.folder / "metrics.json").stat().st_mtime):
-        seed = str(run.config.get("seed"))
-        if seed in newest:
-            group.repeats.append(newest[seed])
-        newest[seed] = run
-    group.runs = sorted(newest.values(), key=lambda r: str(r.config.get("seed")))
+    """Runs of one seed repeat one another (a reproduction): one counts (the newest evaluated one, else the newest),
+    the others are listed as repeats."""
+    by_seed: dict[str, list[Run]] = {}
+    for run in sorted(group.runs, key=lambda r: ((r.folder / "metrics.json").stat().st_mtime, str(r.folder))):
+        by_seed.setdefault(str(run.config.get("seed")), []).append(run)
+    group.runs = []
+    for seed in sorted(by_seed):
+        same = by_seed[seed]
+        chosen = next((r for r in reversed(same) if r.evals), same[-1])
+        group.runs.append(chosen)
+        group.repeats += [r for r in same if r is not chosen]
     return group
 
 
 def scores(run: Run) -> dict[tuple[str, str, str], dict]:
-    """{(benchmark, metric, filter): {"base", "tuned", "comparison", "eval"}} from the run's evaluations, newest
-    last so it wins; the benchmark is the lm-eval task without Claire's `claire_` prefix."""
+    """{(benchmark, metric, filter): {"base", "tuned", "comparison", "eval", "task"}}: per metric, the newest
+    evaluation that measured both models (else the newest at all); the benchmark is the task without `claire_`."""
     found: dict[tuple[str, str, str], dict] = {}
-    for folder in run.evals:
+    for folder in run.evals:  # oldest first
         results = json.loads((folder / "results.json").read_text())
+        here: dict[tuple[str, str, str], dict] = {}
         for row in results.get("rows", []):
-            if row["model"] in LABELS:
+            if row.get("model") in LABELS:
                 key = (row["task"].removeprefix("claire_"), row["metric"], row["filter"])
-                found.setdefault(key, {"eval": folder, "task": row["task"]})[row["model"]] = row["value"]
-                found[key]["eval"] = folder
+                here.setdefault(key, {"eval": folder, "task": row["task"]})[row["model"]] = row["value"]
         for comparison in results.get("comparisons", []):
             key = (comparison["task"].removeprefix("claire_"), comparison["metric"], comparison["filter"])
-            if key in found:
-                found[key]["comparison"] = comparison
+            if key in here:
+                here[key]["comparison"] = comparison
+        for key, entry in here.items():
+            if both(entry) or not both(found.get(key, {})):
+                found[key] = entry
     return found
+
+
+def both(entry: dict) -> bool:
+    """Whether an entry holds base and fine-tuned values."""
+    return "base" in entry and "tuned" in entry
 
 
 def mean_ci(values: list[float]) -> tuple[float, float | None]:
@@ -180,35 +222,46 @@ def item_scores(folder: Path, label: str, task: str, metric: str, filter_name: s
 
 
 def paired_test(group: Group, key: tuple[str, str, str], alpha: float) -> dict | None:
-    """Base vs fine-tuned on the same items: the evaluation's own test for one seed; across seeds, the items'
-    mean over seeds compared with stats.compare (bootstrap CI, sign test)."""
-    per_run = [scores(r).get(key) for r in group.runs]
-    per_run = [s for s in per_run if s and "base" in s and "tuned" in s]
+    """Base vs fine-tuned on the same items. One seed: the evaluation's own test (bootstrap CI, McNemar). Several:
+    each item's mean over the seeds compared with stats.compare, which holds the seeds fixed, so the per-seed
+    differences' t-interval is given too; significant only when p < alpha and neither interval holds 0."""
+    per_run = [s for s in (scores(r).get(key) for r in group.runs) if s and both(s)]
     if not per_run:
         return None
     if len(per_run) == 1:
         found = per_run[0].get("comparison")
-        return found and {k: found[k] for k in ("diff", "ci_low", "ci_high", "p_mcnemar", "test", "significant", "n")}
-    items = {
-        label: [item_scores(s["eval"], label, s["task"], key[1], key[2]) for s in per_run] for label in LABELS
-    }  # fmt: skip
+        if not found:
+            return None
+        result = {k: found[k] for k in ("diff", "ci_low", "ci_high", "p_mcnemar", "test", "n")}
+        return result | {"seed_ci": None, "significant": significant(result, None, alpha)}
+    items = {label: [item_scores(s["eval"], label, s["task"], key[1], key[2]) for s in per_run] for label in LABELS}
     common = set.intersection(*(set(i) for lists in items.values() for i in lists))
     if not common:
         return None
     means = {label: [statistics.fmean(i[d] for i in lists) for d in sorted(common)] for label, lists in items.items()}
-    result = stats.compare(means["base"], means["tuned"])
-    significant = result["p_mcnemar"] < alpha and not result["ci_low"] <= 0 <= result["ci_high"]
-    test = f"sign test on item means over {len(per_run)} seeds"
-    return {k: result[k] for k in ("diff", "ci_low", "ci_high", "p_mcnemar", "n")} | {
-        "test": test,
-        "significant": significant,
-    }
+    result = {k: v for k, v in stats.compare(means["base"], means["tuned"]).items() if k not in LABELS}
+    _, seed_ci = mean_ci([s["tuned"] - s["base"] for s in per_run])
+    result |= {"test": f"sign test on item means over {len(per_run)} seeds", "seed_ci": seed_ci}
+    return result | {"significant": significant(result, seed_ci, alpha)}
+
+
+def significant(result: dict, seed_ci: float | None, alpha: float) -> bool:
+    """p below alpha, the items' CI without 0 and, across seeds, the per-seed differences' t-interval without 0."""
+    across_seeds = seed_ci is None or abs(result["diff"]) > seed_ci
+    return result["p_mcnemar"] < alpha and not result["ci_low"] <= 0 <= result["ci_high"] and across_seeds
 
 
 def published(group: Group) -> dict[tuple[str, str, str], dict]:
     """The reference's evaluation rows by (benchmark, metric, filter), values as the report printed them."""
     rows = (group.reference or {}).get("evaluation", [])
-    return {(r["benchmark"], r["metric"], r["filter"]): r for r in rows}
+    return {
+        (r["benchmark"], r["metric"], r["filter"]): {c: as_printed(r.get(c)) for c in ("base", "claire")} for r in rows
+    }
+
+
+def as_printed(value: Any) -> str | None:
+    """A published number as text (reference.json keeps them as the report printed them: "0.31")."""
+    return None if value is None else str(value)
 
 
 def table_rows(group: Group, wanted: list[dict], every: bool, alpha: float) -> list[dict]:
@@ -224,7 +277,7 @@ def table_rows(group: Group, wanted: list[dict], every: bool, alpha: float) -> l
         keys += sorted(k for k in measured if k not in keys)
     rows = []
     for key in keys:
-        row = {"group": group.name, "model": group.model, "seeds": len(group.runs), "benchmark": key[0]}
+        row = {"group": group.label, "model": group.model, "seeds": len(group.runs), "benchmark": key[0]}
         row |= {"metric": key[1], "filter": key[2]}
         for label, column in (("base", "base"), ("tuned", "claire")):
             values = [v[label] for v in measured.get(key, []) if label in v]
@@ -232,7 +285,7 @@ def table_rows(group: Group, wanted: list[dict], every: bool, alpha: float) -> l
             row |= {column: mean, f"{column}_ci": half, f"{column}_n": len(values)}
             text = printed.get(key, {}).get(column)
             row[f"published_{column}"] = text
-            row[f"{column}_minus_published"] = mean - float(text) if mean is not None and text else None
+            row[f"{column}_minus_published"] = mean - float(text) if mean is not None and text is not None else None
         row["test"] = paired_test(group, key, alpha) if key in measured else None
         rows.append(row)
     return rows
@@ -256,6 +309,8 @@ def test_cells(test: dict | None, alpha: float) -> list[str]:
     if not test:
         return ["—", "—"]
     diff = f"{test['diff']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]"
+    if test.get("seed_ci") is not None:
+        diff += f"; over seeds ± {test['seed_ci']:.3f}"
     verdict = "" if test["significant"] else f", not significant at {alpha}"
     return [diff, f"{test['p_mcnemar']:.3g} ({test['test']}, n={test['n']}){verdict}"]
 
@@ -277,7 +332,7 @@ def markdown_table(group: Group, rows: list[dict], alpha: float) -> str:
             cells += [number(row["base"], row["base_ci"]), number(row["claire"], row["claire_ci"])]
             cells += test_cells(row["test"], alpha)
         if reference:
-            cells += [row["published_base"] or "—", row["published_claire"] or "—"]
+            cells += [row["published_base"] or "—", row["published_claire"] or "—"]  # "" never: as_printed
         if reproduced and reference:
             cells += [number(row["base_minus_published"], sign=True), number(row["claire_minus_published"], sign=True)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -289,11 +344,13 @@ def markdown_table(group: Group, rows: list[dict], alpha: float) -> str:
 def group_title(group: Group) -> str:
     """'claire-0.5b-v2 (qwen2.5-0.5b): 3 seeds (1, 2, 3)', or that it is the published run only."""
     if not group.runs:
-        return f"{group.name} ({group.model}): published by the report, not reproduced here"
+        return f"{group.label} ({group.model}): published by the report, not reproduced here"
     seeds = ", ".join(str(s) for s in group.seeds)
     count = f"{len(group.runs)} seed{'s' if len(group.runs) > 1 else ''}"
     beside = ", beside the published run" if group.reference else ""
-    return f"{group.name} ({group.model}): {count} ({seeds}){beside}"
+    shown = ", ".join(group.differs[:6]) + (f" and {len(group.differs) - 6} more" if len(group.differs) > 6 else "")
+    differs = f" (its config differs at {shown})" if group.differs else ""
+    return f"{group.label} ({group.model}): {count} ({seeds}){beside}{differs}"
 
 
 CSV_FIELDS = [
@@ -323,33 +380,35 @@ def count_planned(groups: list[Group]) -> None:
     from claire import plan
 
     for group in (g for g in groups if g.reference_config):
-        with contextlib.redirect_stdout(io.StringIO()):
-            group.planned = plan.run(OmegaConf.create(group.reference_config))["trainable_params"]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                group.planned = plan.run(OmegaConf.create(group.reference_config))["trainable_params"]
+        except ClaireError as error:
+            group.planned = f"not counted: {error}"
 
 
 def parameter_table(groups: list[Group]) -> str:
     """Trainable parameters per experiment: published (table 4.1) beside what the runs and the dry run counted."""
-    head = "| Experiment | Model | Published | Counted by the runs | Total parameters | Counted by `dry_run=true` |"
+    head = (
+        "| Experiment | Model | Published | Counted by the runs | Their total parameters | Counted by `dry_run=true` |"
+    )
     lines = [head, "|---|---|---|---|---|---|"]
     for group in groups:
-        published_count = (group.reference or {}).get("trainable_params", {})
-        counted = {r.metrics.get("trainable_params") for r in group.runs if r.metrics}
-        totals = {r.metrics.get("total_params") for r in group.runs if r.metrics}
-        text = published_count.get("printed", "—")
-        if published_count.get("value"):
-            text += f" ({published_count['value']:,})"
-        lines.append(
-            f"| {group.name} | {group.model} | {text} | {', '.join(f'{c:,}' for c in sorted(counted)) or '—'} | "
-            f"{', '.join(f'{t:,}' for t in sorted(totals)) or '—'} | {f'{group.planned:,}' if group.planned else '—'} |"
-        )
+        printed = (group.reference or {}).get("trainable_params", {}).get("printed") or "—"
+        counted = sorted({r.metrics.get("trainable_params") for r in group.runs if r.metrics} - {None})
+        totals = sorted({r.metrics.get("total_params") for r in group.runs if r.metrics} - {None})
+        planned = f"{group.planned:,}" if isinstance(group.planned, int) else group.planned or "—"
+        cells = [group.label, group.model, printed, ", ".join(f"{c:,}" for c in counted) or "—"]
+        lines.append("| " + " | ".join([*cells, ", ".join(f"{t:,}" for t in totals) or "—", planned]) + " |")
     return "\n".join(lines)
 
 
 def run(cfg: DictConfig) -> Path:
     """Find the runs, build every table and figure, write the page; return the output folder."""
     out = Path(cfg.output_dir)
-    if (out / "report.md").exists():
-        raise ClaireError(f"output_dir={out} already holds a report; choose another output_dir")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held:
+        raise ClaireError(f"output_dir={out} already holds {held[0]} (a report or a run); choose another output_dir")
     found = find_runs(list(cfg.runs))
     if not found:
         raise ClaireError(f"no run folders under {list(cfg.runs)}; a run folder has config.yaml and metrics.json")
@@ -357,10 +416,11 @@ def run(cfg: DictConfig) -> Path:
     if cfg.count_parameters:
         count_planned(groups)
     wanted = OmegaConf.to_container(cfg.rows)
-    tables = {g.name + g.model: table_rows(g, wanted, cfg.all_metrics, cfg.alpha) for g in groups}
+    tables = {g.key: table_rows(g, wanted, cfg.all_metrics, cfg.alpha) for g in groups}
     out.mkdir(parents=True, exist_ok=True)
+    (out / "report.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_csv([row for rows in tables.values() for row in rows], out / "tables.csv")
-    sections = [f"### {group_title(g)}\n\n{markdown_table(g, tables[g.name + g.model], cfg.alpha)}" for g in groups]
+    sections = [f"### {group_title(g)}\n\n{markdown_table(g, tables[g.key], cfg.alpha)}" for g in groups]
     (out / "tables.md").write_text("\n\n".join(sections) + "\n")
     from claire import figures
 
@@ -371,34 +431,34 @@ def run(cfg: DictConfig) -> Path:
     return out
 
 
-def eval_samples(run: Run) -> dict[str, Path]:
-    """{task: one samples log} over the run's evaluations (base and fine-tuned saw the same items)."""
-    found: dict[str, Path] = {}
-    for folder in run.evals:
-        for path in sorted(folder.glob("*/samples_*.jsonl")):
-            found.setdefault(path.stem.removeprefix("samples_"), path)
+def data_samples(groups: list[Group]) -> dict[str, tuple[Run, dict[str, Path]]]:
+    """Per training data config: one run trained on it and {task: samples log} over every evaluation of the runs
+    trained on it (the newest per task; base and fine-tuned saw the same items)."""
+    found: dict[str, tuple[Run, dict[str, Path]]] = {}
+    for run in (r for g in groups for r in [*g.runs, *g.repeats] if r.evals):
+        key = json.dumps(run.config.get("data", {}), sort_keys=True, default=str)
+        _, samples = found.setdefault(key, (run, {}))
+        for folder in run.evals:  # oldest first: the newest wins
+            for path in sorted(folder.glob("*/samples_*.jsonl")):
+                samples[path.stem.removeprefix("samples_")] = path
     return found
 
 
 def decontamination(groups: list[Group], cfg: DictConfig) -> list[str]:
-    """Markdown rows: per training dataset and evaluation task, the share of eval items with an n-gram overlap."""
+    """Markdown rows: per training data set and evaluation task, the share of eval items with an n-gram overlap."""
     from claire import decontam
 
-    lines, seen = [], set()
-    for run in (r for g in groups for r in g.runs if r.evals):
-        data = run.config.get("data", {})
-        key = json.dumps(data, sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
+    lines = []
+    for run, samples in data_samples(groups).values():
+        name = run.config.get("data", {}).get("name")
         try:
-            found = decontam.for_run(run.folder, n=cfg.decontamination.n, samples=eval_samples(run))
+            found = decontam.for_run(run.folder, n=cfg.decontamination.n, samples=samples)
         except ClaireError as error:
-            lines.append(f"| {data.get('name')} | — | — | — | not computed: {error} |")
+            lines.append(f"| {name} | — | — | — | not computed: {error} |")
             continue
         for task, result in sorted(found.items()):
             lines.append(
-                f"| {data.get('name')} ({result['train_rows']:,} rows) | {task} | {result['items']} | "
+                f"| {name} ({result['train_rows']:,} rows) | {task} | {result['items']} | "
                 f"{result['contaminated']} | {result['share']:.1%} |"
             )
     return lines
@@ -429,17 +489,20 @@ def page(
         head = f"| Training data | Task | Items | With a {cfg.decontamination.n}-gram overlap | Share |"
         table = "\n".join([head, "|---|---|---|---|---|", *contamination])
         parts += ["## Decontamination", table if contamination else "No evaluated run has per-item samples to check."]
-    parts += ["## Runs read", run_list(found)]
+    parts += ["## Runs read", run_list(found, groups)]
     return "\n\n".join(parts) + "\n"
 
 
-def run_list(found: list[Run]) -> str:
-    """Each folder read: its experiment, seed, commit and evaluations."""
+def run_list(found: list[Run], groups: list[Group]) -> str:
+    """Each folder read: its experiment, seed, commit and evaluations; repeats of a seed say they did not count."""
+    repeats = {id(r) for g in groups for r in g.repeats}
     lines = ["| Folder | Experiment | Seed | Git commit | Evaluations |", "|---|---|---|---|---|"]
     for run in sorted(found, key=lambda r: str(r.folder)):
         manifest = run.folder / "manifest.json"
         commit = json.loads(manifest.read_text()).get("git", {}).get("commit") if manifest.is_file() else None
         kind = "reference (published numbers)" if run.reference is not None else str(len(run.evals))
+        if id(run) in repeats:
+            kind += "; a repeat of this seed, not counted (a newer or evaluated run is)"
         lines.append(f"| {run.folder} | {run.name} | {run.config.get('seed')} | {(commit or '—')[:10]} | {kind} |")
     return "\n".join(lines)
 

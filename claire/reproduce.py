@@ -82,7 +82,7 @@ def compare(saved: dict, new: dict, rtol: float) -> list[dict]:
     rows = []
     for key in sorted(set(old) | set(now)):
         a, b = old.get(key), now.get(key)
-        same = a is not None and b is not None and math.isclose(a, b, rel_tol=rtol, abs_tol=0.0)
+        same = a is not None and b is not None and (math.isclose(a, b, rel_tol=rtol) or math.isnan(a) and math.isnan(b))
         rows.append({"key": key, "saved": a, "new": b, "same": same or a == b})
     return rows
 

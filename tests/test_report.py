@@ -4,6 +4,7 @@ tiny model), the published numbers of experiments/report as printed, and seeds w
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,8 @@ def write_run(folder: Path, seed: int = 1, run_name: str = "exp", rows: dict | N
     history = [{"loss": 2.0 - i / 4, "step": i} for i in range(1, 5)] + [{"eval_loss": 1.4, "step": 4}]
     metrics = {"eval_loss": 1.4, "trainable_params": 1234, "total_params": 99999, "history": history}
     runs.write_json(folder / "metrics.json", metrics | extra.get("metrics", {}))
+    if not extra.get("evaluated", True):
+        return folder
     evaluation = folder / "eval" / "report-2026"
     (evaluation / "base").mkdir(parents=True)
     (evaluation / "tuned").mkdir()
@@ -86,7 +89,7 @@ def test_the_published_numbers_render_exactly_as_the_report_printed_them(tmp_pat
     assert "| gpqa_extended | acc | — | — |" in seven  # not in the report's summary held here: never invented
     page = (out / "report.md").read_text()
     for printed, exact in (("35M", "35,192,832"), ("74M", "73,859,072"), ("80M", "80,740,352")):
-        assert f"| {printed} ({exact}) | — | — | {exact} |" in page  # published, then the dry run's count
+        assert f"| {printed} | — | — | {exact} |" in page  # as the report printed it; the dry run's exact count
     assert (out / "bars-claire-7b-v2.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -134,6 +137,8 @@ def test_across_seeds_the_paired_test_compares_item_means(tmp_path):
     line = table_line(out, "gsm8k")
     assert f"{expected['diff']:+.3f} [{expected['ci_low']:+.3f}, {expected['ci_high']:+.3f}]" in line
     assert f"{expected['p_mcnemar']:.3g} (sign test on item means over 2 seeds, n=4), not significant at 0.05" in line
+    seed_half = 12.706204736174707 * statistics.stdev([0.5, 0.25]) / 2**0.5  # per-seed differences 0.5 and 0.25
+    assert f"; over seeds ± {seed_half:.3f} |" in line
 
 
 def test_one_seed_shows_its_evaluations_own_test_and_says_when_it_is_significant(tmp_path):
@@ -150,15 +155,72 @@ def test_a_reproduced_run_sits_beside_the_published_one_with_the_differences(tmp
                        overrides=["model=0.5b"])  # fmt: skip
     out = make_report(tmp_path, folder, REFERENCES / "claire-0.5b-v2")
     tables = (out / "tables.md").read_text()
-    assert "claire-0.5b-v2 (qwen2.5-0.5b): 1 seed (1), beside the published run" in tables
+    title = "claire-0.5b-v2 (qwen2.5-0.5b): 1 seed (1), beside the published run (its config differs at "
+    assert title + "data.expected_rows.eval, " in tables
     assert "| Published Base | Published Claire | Base − published | Claire − published |" in tables
     assert table_line(out, "gsm8k").endswith("| 0.22 | 0.31 | +0.030 | +0.040 |")
-    assert (
-        "| claire-0.5b-v2 | qwen2.5-0.5b | 35M (35,192,832) | 1,234 | 99,999 | 35,192,832 |"
-        in (out / "report.md").read_text()
-    )
+    assert "| claire-0.5b-v2 | qwen2.5-0.5b | 35M | 1,234 | 99,999 | 35,192,832 |" in (out / "report.md").read_text()
     row = next(r for r in csv_rows(out) if r["benchmark"] == "gsm8k")
     assert float(row["claire_minus_published"]) == pytest.approx(0.04)
+
+
+def test_alpha_decides_what_is_significant(tmp_path):
+    comparison = {"task": GSM8K[0], "metric": GSM8K[1], "filter": GSM8K[2], "n": 400, "diff": 0.05, "ci_low": 0.01,
+                  "ci_high": 0.09, "p_mcnemar": 0.03, "test": "McNemar", "significant": True}  # fmt: skip
+    folder = write_run(tmp_path / "one", rows={GSM8K: (0.22, 0.27)}, comparisons=[comparison])
+    assert "not significant" not in table_line(make_report(tmp_path, folder), "gsm8k")
+    strict = make_report(tmp_path / "strict", folder, extra=("alpha=0.01",))
+    assert table_line(strict, "gsm8k").endswith("| 0.03 (McNemar, n=400), not significant at 0.01 |")
+
+
+def test_published_numbers_may_be_numbers_and_zero_is_a_number(tmp_path):
+    reference = tmp_path / "ref"
+    shutil.copytree(REFERENCES / "claire-0.5b-v2", reference)
+    data = json.loads((reference / "reference.json").read_text())
+    data["evaluation"][0] |= {"base": 0.0, "claire": 0.31}
+    (reference / "reference.json").write_text(json.dumps(data))
+    assert (
+        table_line(make_report(tmp_path, reference), "gsm8k") == "| gsm8k | exact_match (strict-match) | 0.0 | 0.31 |"
+    )
+
+
+def test_an_evaluation_typed_with_a_relative_run_path_is_found_from_anywhere(tmp_path, monkeypatch):
+    folder = write_run(tmp_path / "experiments" / "x" / "r", evaluated=False)
+    evaluation = tmp_path / "experiments" / "eval" / "e"
+    evaluation.mkdir(parents=True)
+    (evaluation / "config.yaml").write_text("run: experiments/x/r\n")  # as typed in tmp_path
+    rows = [{"model": m, "task": "gsm8k", "metric": "exact_match", "filter": "strict-match", "value": v}
+            for m, v in (("base", 0.5), ("tuned", 0.6))]  # fmt: skip
+    runs.write_json(evaluation / "results.json", {"rows": rows, "comparisons": []})
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (found,) = report.find_runs([str(tmp_path / "experiments")])
+    assert found.folder == folder and found.evals == [evaluation.resolve()]
+
+
+def test_experiments_sharing_a_run_name_keep_their_own_tables(tmp_path):
+    a = write_run(tmp_path / "a", rows={GSM8K: (0.1, 0.2)})
+    b = write_run(tmp_path / "b", rows={GSM8K: (0.1, 0.3)}, overrides=["schedule.learning_rate=1e-4"])
+    out = make_report(tmp_path, a, b)
+    sections = (out / "tables.md").read_text().split("### ")[1:]
+    assert len(sections) == 2
+    twin = next(s for s in sections if "differs at schedule.learning_rate)" in s)
+    other = next(s for s in sections if s is not twin)
+    assert "| 0.100 | 0.300 |" in twin and "| 0.100 | 0.200 |" in other
+    assert sorted(r["claire"] for r in csv_rows(out)) == ["0.2", "0.3"]
+    assert len({r["group"] for r in csv_rows(out)}) == 2
+    assert len(list(out.glob("bars-exp*.png"))) == 2
+
+
+def test_a_report_never_writes_into_a_run_folder(tmp_path):
+    folder = write_run(tmp_path / "r", rows={GSM8K: (0.1, 0.2)})
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(ClaireError, match="already holds config.yaml"):
+        report.run(compose_report(f"runs=[{folder}]", f"output_dir={folder}"))
+    done = subprocess.run([sys.executable, "-m", "claire.report", f"runs=[{folder}]", f"output_dir={folder}"],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1 and "already holds config.yaml" in done.stderr
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "report.log"} == before
 
 
 def test_repeats_of_one_seed_count_once_and_pruned_trials_not_at_all(tmp_path):
@@ -168,12 +230,11 @@ def test_repeats_of_one_seed_count_once_and_pruned_trials_not_at_all(tmp_path):
     groups = report.group_runs(report.find_runs([str(first), str(again), str(pruned)]))
     (group,) = groups
     assert [r.folder for r in group.runs] == [again] and [r.folder for r in group.repeats] == [first]
-
-
-def test_different_experiments_are_different_tables(tmp_path):
-    a = write_run(tmp_path / "a", rows={GSM8K: (0.1, 0.2)})
-    b = write_run(tmp_path / "b", rows={GSM8K: (0.1, 0.3)}, overrides=["schedule.learning_rate=1e-4"])
-    assert len(report.group_runs(report.find_runs([str(a), str(b)]))) == 2
+    reproduced = write_run(tmp_path / "d", seed=7, evaluated=False)  # a reproduction not evaluated yet
+    (group,) = report.group_runs(report.find_runs([str(first), str(again), str(reproduced)]))
+    assert [r.folder for r in group.runs] == [again] and {r.folder for r in group.repeats} == {first, reproduced}
+    page = (make_report(tmp_path, first, again, reproduced) / "report.md").read_text()
+    assert page.count("a repeat of this seed, not counted") == 2
 
 
 def test_an_evaluation_outside_the_run_folder_is_found_by_its_run(tmp_path):
@@ -223,7 +284,7 @@ def test_bad_input_fails_in_one_line_and_a_report_is_never_overwritten(tmp_path)
         make_report(tmp_path, tmp_path / "empty")
     out = make_report(tmp_path, REFERENCES)
     before = (out / "report.md").read_text()
-    with pytest.raises(ClaireError, match="already holds a report"):
+    with pytest.raises(ClaireError, match="already holds report.md"):
         make_report(tmp_path, REFERENCES)
     assert (out / "report.md").read_text() == before
     done = subprocess.run([sys.executable, "-m", "claire.report", f"runs=[{tmp_path / 'missing'}]",
@@ -262,7 +323,7 @@ def test_tiny_model_runs_give_the_exact_expected_table(seeds, tmp_path):
     values: dict[tuple, dict[str, list[float]]] = {}
     for folder in folders:
         evaluations = [f for f in (root / "evals").glob("*") if f.is_dir()]
-        (evaluation,) = [f for f in evaluations if report.evaluated_run(f) == folder.resolve()]
+        (evaluation,) = [f for f in evaluations if (f / "config.yaml").read_text().count(f"run: {folder}\n")]
         for row in json.loads((evaluation / "results.json").read_text())["rows"]:
             key = (row["task"].removeprefix("claire_"), row["metric"], row["filter"])
             values.setdefault(key, {"base": [], "tuned": []})[row["model"]].append(row["value"])
@@ -271,10 +332,15 @@ def test_tiny_model_runs_give_the_exact_expected_table(seeds, tmp_path):
     for row in table:
         expected = values[(row["benchmark"], row["metric"], row["filter"])]
         for label, column in (("base", "base"), ("tuned", "claire")):
-            mean, half = report.mean_ci(expected[label])
-            assert (float(row[column]), float(row[f"{column}_ci"])) == (mean, half) and row[f"{column}_n"] == "2"
-    shd = [report.number(*report.mean_ci(values[("causal", "graph_shd", "none")][k])) for k in ("base", "tuned")]
-    assert f"| causal | graph_shd | {shd[0]} | {shd[1]} |" in (out / "tables.md").read_text()
+            a, b = expected[label]
+            half = 12.706204736174707 * abs(a - b) / 2  # t(0.975, 1 df) x sd / sqrt(2), sd = |a - b| / sqrt(2)
+            assert float(row[column]) == pytest.approx((a + b) / 2) and float(row[f"{column}_ci"]) == pytest.approx(
+                half
+            )
+            assert row[f"{column}_n"] == "2"
+    shd = {k: values[("causal", "graph_shd", "none")][k] for k in ("base", "tuned")}
+    cells = [f"{sum(v) / 2:.3f} ± {12.706204736174707 * abs(v[0] - v[1]) / 2:.3f}" for v in shd.values()]
+    assert f"| causal | graph_shd | {cells[0]} | {cells[1]} |" in (out / "tables.md").read_text()
     assert "tiny-seeds (tiny): 2 seeds (1, 2)" in (out / "tables.md").read_text()
     page = (out / "report.md").read_text()
     assert "loss-tiny-seeds-seed1-0.png" in page and "loss-tiny-seeds-seed2-1.png" in page

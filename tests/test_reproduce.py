@@ -64,6 +64,8 @@ def test_a_number_that_differs_is_reported():
     assert rows == {"eval_loss": False, "steps": True, "history.loss@1": True}
     assert all(r["same"] for r in reproduce.compare(saved, new, rtol=1e-6))
     assert "| eval_loss | 1.5 | 1.5000001 | NO |" in reproduce.table(reproduce.compare(saved, new, 0.0))
+    diverged = {"eval_loss": float("nan")}
+    assert reproduce.compare(diverged, diverged, 0.0)[0]["same"]  # a diverged run reproduced is the same run
 
 
 def test_bad_input_exits_2_in_one_line_before_anything_runs(original, tmp_path, capsys):
