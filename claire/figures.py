@@ -26,6 +26,15 @@ def bar_values(row: dict, column: str) -> tuple[float | None, float | None]:
     return (float(text), None) if text else (None, None)
 
 
+def save(fig: Any, ax: Any, title: str, path: Path) -> None:
+    """Title, legend and layout, then the PNG; the figure is closed."""
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def accuracy_like(row: dict) -> bool:
     """Rows a 0-1 bar chart can show: some value present and none outside [0, 1] (not e.g. graph_shd)."""
     values = [bar_values(row, c)[0] for c in COLOURS]
@@ -56,11 +65,7 @@ def bars(labels: list[str], rows: list[dict], title: str, path: Path) -> None:
     ax.set_xticks(range(len(rows)), labels)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, ax, title, path)
 
 
 def loss_curves(history: list[dict], title: str, path: Path) -> bool:
@@ -75,11 +80,7 @@ def loss_curves(history: list[dict], title: str, path: Path) -> bool:
             ax.plot(*zip(*points, strict=True), marker="o" if len(points) < 30 else None, label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, ax, title, path)
     return True
 
 
