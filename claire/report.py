@@ -10,6 +10,7 @@ mean ± 95% CI across seeds, and a paired test of base vs fine-tuned on the same
 """
 
 import csv
+import functools
 import hashlib
 import json
 import statistics
@@ -179,8 +180,14 @@ def drop_repeats(group: Group) -> Group:
 def scores(run: Run) -> dict[tuple[str, str, str], dict]:
     """{(benchmark, metric, filter): {"base", "tuned", "comparison", "eval", "task"}}: per metric, the newest
     evaluation that measured both models (else the newest at all); the benchmark is the task without `claire_`."""
+    return evaluation_scores(tuple(run.evals))
+
+
+@functools.cache
+def evaluation_scores(evals: tuple[Path, ...]) -> dict[tuple[str, str, str], dict]:
+    """scores() of a run's evaluation folders, read once per report."""
     found: dict[tuple[str, str, str], dict] = {}
-    for folder in run.evals:  # oldest first
+    for folder in evals:  # oldest first
         results = json.loads((folder / "results.json").read_text())
         here: dict[tuple[str, str, str], dict] = {}
         for row in results.get("rows", []):
