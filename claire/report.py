@@ -94,7 +94,8 @@ def find_runs(paths: list[str]) -> list[Run]:
     runs_found = [load_run(folder) for folder in found.values()]
     runs_found = [r for r in runs_found if not (r.metrics or {}).get("pruned")]
     for folder in sorted(evals, key=lambda p: ((p / "results.json").stat().st_mtime, str(p))):
-        for run in (r for r in runs_found if evaluated(folder, r.folder)):
+        target = OmegaConf.load(folder / "config.yaml").get("run")
+        for run in (r for r in runs_found if evaluated(folder, target, r.folder)):
             run.evals.append(folder)
     return runs_found
 
@@ -106,13 +107,12 @@ def load_run(folder: Path) -> Run:
     return Run(folder, config, **{name: json.loads(path.read_text()) for name, path in files.items() if path.is_file()})
 
 
-def evaluated(evaluation: Path, run: Path) -> bool:
-    """Whether an evaluation folder evaluated this run: it lies in the run's eval/, or its config's `run` names it
-    (a relative `run` as typed where claire.evaluate ran: from here, else as the trailing part of the run's path)."""
+def evaluated(evaluation: Path, target: str | None, run: Path) -> bool:
+    """Whether an evaluation folder evaluated this run: it lies in the run's eval/, or its config's `run` (target)
+    names it (a relative `run` as typed where claire.evaluate ran: from here, else as the run path's trailing part)."""
     run = run.resolve()
     if evaluation.parent.name == "eval" and evaluation.parent.parent == run:
         return True
-    target = OmegaConf.load(evaluation / "config.yaml").get("run")
     if not target:
         return False
     path = Path(str(target))
@@ -143,12 +143,14 @@ def group_runs(found: list[Run]) -> list[Group]:
         key = experiment_key(run)
         groups.setdefault(key, Group(key, run.name, run.config["model"]["name"], [])).runs.append(run)
     result = [drop_repeats(g) for g in groups.values()]
-    for first in result:
-        twins = [g for g in result if (g.name, g.model) == (first.name, first.model)]
-        for twin in twins[1:] if len(twins) > 1 else []:
-            twin.tag, twin.differs = twin.key[:6], differences(twins[0].runs[0].config, twin.runs[0].config)
-        if len(twins) > 1:
-            twins[0].tag = twins[0].key[:6]
+    by_name: dict[tuple[str, str], list[Group]] = {}
+    for group in result:
+        by_name.setdefault((group.name, group.model), []).append(group)
+    for twins in (t for t in by_name.values() if len(t) > 1):  # experiments sharing a run_name: tag them
+        for twin in twins:
+            twin.tag = twin.key[:6]
+            if twin is not twins[0]:
+                twin.differs = differences(twins[0].runs[0].config, twin.runs[0].config)
     for ref in (r for r in found if r.reference is not None):
         matching = [g for g in result if g.name == ref.name and g.reference is None and g.runs]
         for group in matching:
@@ -221,11 +223,16 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
 
 def item_scores(folder: Path, label: str, task: str, metric: str, filter_name: str) -> dict[int, float]:
     """Per-item values of one metric from an evaluation's samples log."""
-    path = folder / label / f"samples_{task}.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = samples_log(folder / label / f"samples_{task}.jsonl")
     return {r["doc_id"]: float(r[metric]) for r in rows if r.get("filter") == filter_name and metric in r}
+
+
+@functools.cache
+def samples_log(path: Path) -> list[dict]:
+    """The rows of an lm-eval samples log (read once per report: every metric and filter of a task is in it)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def paired_test(group: Group, key: tuple[str, str, str], alpha: float) -> dict | None:
