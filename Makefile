@@ -60,9 +60,9 @@ DEMO ?= experiments/demo-causal
 DEMO_DATA ?= data/causal-n5000-s0
 DEMO_ROWS ?= 640
 DEMO_LIMIT ?= 100
-DEMO_DTYPE = $$($(PY) -c 'from claire.runs import if_cpu_bf16; print(if_cpu_bf16("bfloat16", "float32"))')
+DEMO_DTYPE = $$($(PY) -c 'from claire.run_folders import if_cpu_bf16; print(if_cpu_bf16("bfloat16", "float32"))')
 DEMO_BASE = $$($(PY) -c 'import json; print(json.load(open("$(DEMO)/train/adapter/adapter_config.json"))["base_model_name_or_path"])')
-LM_EVAL = $(VENV)/bin/lm_eval --model hf --apply_chat_template --include_path claire/tasks --tasks claire_causal \
+LM_EVAL = $(VENV)/bin/lm_eval --model hf --apply_chat_template --include_path claire/evaluation/tasks --tasks claire_causal \
 	--metadata '{"data_dir": "$(DEMO_DATA)"}' --limit $(DEMO_LIMIT) --batch_size 16 --gen_kwargs max_gen_toks=768 \
 	--log_samples --seed 0
 

@@ -82,10 +82,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import compose_evaluate, compose_train
 
-    from claire import models, runs
+    from claire import run_folders
+    from claire.training import models
 
     model_dir = models.model_path(compose_train().model)
-    dtype = "bfloat16" if runs.cpu_has_bf16() else "float32"
+    dtype = "bfloat16" if run_folders.cpu_has_bf16() else "float32"
     times: dict[str, list[float]] = {"claire": [], "lm_eval": []}
     found: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from scripted_server import ScriptedServer  # noqa: E402
 
-from claire import teacher  # noqa: E402
+from claire.teacher import engine  # noqa: E402
 
 
-def job(n: int, rpm: int | None, concurrency: int) -> teacher.Job:
+def job(n: int, rpm: int | None, concurrency: int) -> engine.Job:
     """n distinct questions of one source; every answer is accepted (the judge is not what is measured)."""
     rows = [{"id": f"q{i}", "source": "gsm8k", "question": f"What is {i} + {i}?", "gold": str(2 * i)} for i in range(n)]
     api = OmegaConf.create(
@@ -34,18 +34,18 @@ def job(n: int, rpm: int | None, concurrency: int) -> teacher.Job:
          "tpm": None, "max_concurrency": concurrency, "max_consecutive_failures": 20, "batch_discount": 0.5}
     )  # fmt: skip
     prompt = {"version": "bench", "hash": "0", "system": "", "user": "{question}"}
-    return teacher.Job({"gsm8k": rows}, {"gsm8k": n}, prompt, api, None, None, 1, lambda row, entry: "ok")
+    return engine.Job({"gsm8k": rows}, {"gsm8k": n}, prompt, api, None, None, 1, lambda row, entry: "ok")
 
 
 async def measure(server: ScriptedServer, n: int, rpm: int | None, concurrency: int) -> tuple[float, int]:
     """Requests per minute achieved from the first request to the last answer, and the 429s the server sent."""
     refused = server.counts["429"]
     with tempfile.TemporaryDirectory() as folder:
-        ledger = teacher.Ledger(Path(folder) / "ledger.jsonl")
+        ledger = engine.Ledger(Path(folder) / "ledger.jsonl")
         client = openai.AsyncOpenAI(base_url=server.url, api_key="bench", max_retries=6)
-        engine = teacher.Teacher(job(n, rpm, concurrency), ledger, client, progress=False)
+        teacher_run = engine.Teacher(job(n, rpm, concurrency), ledger, client, progress=False)
         start = time.monotonic()
-        outcome = await engine.run_online()
+        outcome = await teacher_run.run_online()
         elapsed = time.monotonic() - start
         await client.close()
         ledger.close()

@@ -21,13 +21,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, runs
+from claire import ClaireError, run_folders
 
-runs.register_resolvers()
+run_folders.register_resolvers()
 log = logging.getLogger("claire.evaluate")
 
 BACKENDS = {"hf": "hf", "vllm": "vllm", "api": "local-chat-completions"}
-PACKAGES = [*runs.VERSIONED, "lm_eval", "math-verify", "openai", "vllm"]
+PACKAGES = [*run_folders.VERSIONED, "lm_eval", "math-verify", "openai", "vllm"]
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -37,22 +37,22 @@ def run(cfg: DictConfig) -> float | None:
     load_tasks(task_names, manager)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(runs.resolved(cfg))))
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_folders.resolved(cfg))))
     if cfg.threads or not _cuda():
         import torch
 
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     data = {"tasks": task_names, **OmegaConf.to_container(cfg.data)}
-    runs.write_json(out / "manifest.json", runs.manifest(cfg, data, PACKAGES))
+    run_folders.write_json(out / "manifest.json", run_folders.manifest(cfg, data, PACKAGES))
     evaluated = {}
     for label, (lm, args) in subjects(cfg).items():
         log.info("Evaluating %s (%s) on %s", label, args.get("pretrained") or args.get("model"), task_names)
         evaluated[label] = evaluate_model(cfg, lm, args, task_names, manager, out / label)
-    from claire import scoring
+    from claire.evaluation import scoring
 
     report = scoring.score(cfg, evaluated, out)
-    runs.write_json(out / "results.json", report)
-    runs.write_json(out / "metrics.json", report["metrics"])
+    run_folders.write_json(out / "results.json", report)
+    run_folders.write_json(out / "metrics.json", report["metrics"])
     (out / "summary.md").write_text(report["summary"])
     print(report["summary"])
     print(f"claire.evaluate: done; results in {out}")
@@ -93,7 +93,7 @@ def check(cfg: DictConfig) -> tuple[list[str], Any]:
     if cfg.backend.name == "api":
         check_api(cfg, names, manager)
     if cfg.judge.enabled:
-        from claire import judge
+        from claire.evaluation import judge
 
         judge.check(cfg.judge)
     labels = (["base"] if cfg.compare_base else []) + ["tuned"] if cfg.run else ["model"]
@@ -168,7 +168,7 @@ def _task_manager(metadata: str) -> Any:
     """One TaskManager per metadata: indexing lm-eval's few thousand task files takes seconds."""
     from lm_eval.tasks import TaskManager
 
-    from claire import tasks
+    from claire.evaluation import tasks
 
     return TaskManager(include_path=str(tasks.PATH), metadata=json.loads(metadata) or None)
 
@@ -191,7 +191,7 @@ def _cuda() -> bool:
 
 def subjects(cfg: DictConfig) -> dict[str, tuple[str, dict]]:
     """The models to evaluate: {"base": ..., "tuned": ...} for a run, {"model": ...} alone; lm-eval type and args."""
-    from claire import models
+    from claire.training import models
 
     base = models.model_path(cfg.model)
     if not cfg.run:
@@ -223,7 +223,7 @@ def model_args(cfg: DictConfig, path: str, adapter: str | None, served_name: str
         if adapter:
             args |= {"peft": adapter, "tokenizer": adapter}  # the chat template and any added tokens live there
         if cfg.model.markers == "special":  # both models decode alike: only the tuned tokenizer has the markers
-            import claire.lm  # noqa: F401  (registers claire-hf)
+            import claire.evaluation.hf_model  # noqa: F401  (registers claire-hf)
 
             return "claire-hf", args | extra
     else:
@@ -241,7 +241,7 @@ def dtype(cfg: DictConfig) -> str:
     """The backend's dtype: as configured, else bfloat16 on a GPU or a CPU with native bf16, else float32."""
     if cfg.backend.dtype:
         return str(cfg.backend.dtype)
-    return "bfloat16" if _cuda() or runs.cpu_has_bf16() else "float32"
+    return "bfloat16" if _cuda() or run_folders.cpu_has_bf16() else "float32"
 
 
 def adapter_rank(adapter: str) -> int:
@@ -332,7 +332,7 @@ def save_results(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     samples = results.get("samples", {})
     summary = {k: v for k, v in results.items() if k != "samples"}
-    summary["config"] = runs.mask(summary.get("config", {}))  # a key passed in backend.model_args, say
+    summary["config"] = run_folders.mask(summary.get("config", {}))  # a key passed in backend.model_args, say
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=handle_non_serializable))
     for task, rows in samples.items():
         with open(out / f"samples_{task}.jsonl", "w") as f:

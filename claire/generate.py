@@ -17,7 +17,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, causal, data, runs, sources, teacher, verify
+from claire import ClaireError, run_folders
+from claire.causal import questions
+from claire.teacher import engine, sources, verification
+from claire.training import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,9 @@ def check(cfg: DictConfig) -> None:
             raise ClaireError(f"{key}={cfg[key]} must be in [0, 1)")
     if cfg.eval_fraction + cfg.test_fraction >= 1:
         raise ClaireError("eval_fraction + test_fraction must stay below 1, or nothing is left to train on")
-    if cfg.queries not in causal.QUERY_SETS:
-        raise ClaireError(f"queries={cfg.queries} is not a query set; choose one of {sorted(causal.QUERY_SETS)}")
-    allowed = [*causal.VERBALISATIONS, "mixed"]
+    if cfg.queries not in questions.QUERY_SETS:
+        raise ClaireError(f"queries={cfg.queries} is not a query set; choose one of {sorted(questions.QUERY_SETS)}")
+    allowed = [*questions.VERBALISATIONS, "mixed"]
     if cfg.verbalisation not in allowed:
         raise ClaireError(f"verbalisation={cfg.verbalisation} is not known; choose one of {allowed}")
     if (Path(cfg.out) / "dataset_dict.json").exists():
@@ -150,7 +153,7 @@ def check_api(cfg: DictConfig) -> dict | None:
             f"api.key_env={cfg.api.key_env}: that environment variable is not set; export it with your API key "
             "(keys are read from the environment only), or set api.key_env=null for a server that needs none"
         )
-    price = cfg.api.get("price") or teacher.price_of(cfg.api.model, cfg.prices)
+    price = cfg.api.get("price") or engine.price_of(cfg.api.model, cfg.prices)
     if price is None and cfg.budget_usd is not None:
         raise ClaireError(
             f"api.model={cfg.api.model} has no price in prices; add prices.{cfg.api.model}: {{input: .., output: ..}} "
@@ -172,9 +175,9 @@ def prompt_of(cfg: DictConfig) -> dict:
     return {"version": cfg.prompt.version, "hash": digest, "system": system, "user": user}
 
 
-def check_ledger(ledger: teacher.Ledger, prompt: dict, api: DictConfig) -> None:
+def check_ledger(ledger: engine.Ledger, prompt: dict, api: DictConfig) -> None:
     """Refuse to mix answers to two prompt texts under one version, or two request settings for one model."""
-    settings = teacher.settings_hash(api)
+    settings = engine.settings_hash(api)
     for entry in ledger.entries.values():
         if entry["prompt_version"] != prompt["version"]:
             continue
@@ -185,7 +188,7 @@ def check_ledger(ledger: teacher.Ledger, prompt: dict, api: DictConfig) -> None:
             )
         if entry["model"] == api.model and entry["settings"] not in (None, settings):
             raise ClaireError(
-                f"api.{'/'.join(teacher.SETTINGS)} differ from those {ledger.path} was asked with; put them back "
+                f"api.{'/'.join(engine.SETTINGS)} differ from those {ledger.path} was asked with; put them back "
                 "or write to another out (answers to different settings must not mix)"
             )
 
@@ -229,17 +232,17 @@ def allocate(total: int, weights: dict[str, float], available: dict[str, int]) -
     return quotas
 
 
-async def ask_teacher(job: teacher.Job, ledger: teacher.Ledger, cfg: DictConfig) -> teacher.Teacher:
+async def ask_teacher(job: engine.Job, ledger: engine.Ledger, cfg: DictConfig) -> engine.Teacher:
     """Run the job online or through the Batch API; the client is closed however it ends."""
-    client = teacher.client_of(cfg.api)
+    client = engine.client_of(cfg.api)
     try:
-        engine = teacher.Teacher(job, ledger, client, progress=cfg.progress)
+        teacher_run = engine.Teacher(job, ledger, client, progress=cfg.progress)
         if cfg.api.mode == "batch":
             tag = hashlib.sha256(str(Path(cfg.out).resolve()).encode()).hexdigest()[:16]
-            await engine.run_batch(Path(cfg.out) / "batches.jsonl", tag)
+            await teacher_run.run_batch(Path(cfg.out) / "batches.jsonl", tag)
         else:
-            await engine.run_online()
-        return engine
+            await teacher_run.run_online()
+        return teacher_run
     finally:
         await client.close()
 
@@ -253,23 +256,23 @@ def run_api(cfg: DictConfig) -> Path:
     available = {s: len(rows) for s, rows in candidates.items()}
     quotas = allocate(total, {s: cfg.mix.weights[s] for s in candidates}, available)
     out = Path(cfg.out)
-    open_batches = teacher.BatchState(out / "batches.jsonl").open_batches()
+    open_batches = engine.BatchState(out / "batches.jsonl").open_batches()
     if open_batches and cfg.api.mode != "batch":
         raise ClaireError(
             f"out={out} has {len(open_batches)} submitted batch(es) not yet collected; rerun with api.mode=batch to "
             "collect them (asking online would pay for the same answers again)"
         )
     out.mkdir(parents=True, exist_ok=True)
-    ledger = teacher.Ledger(out / "ledger.jsonl")
+    ledger = engine.Ledger(out / "ledger.jsonl")
     try:
         check_ledger(ledger, prompt, cfg.api)
-        judge = functools.partial(verify.judge, rules=cfg.verify)
-        job = teacher.Job(candidates, quotas, prompt, cfg.api, price, cfg.budget_usd, cfg.verify.tries, judge)
-        engine = asyncio.run(ask_teacher(job, ledger, cfg))
+        judge = functools.partial(verification.judge, rules=cfg.verify)
+        job = engine.Job(candidates, quotas, prompt, cfg.api, price, cfg.budget_usd, cfg.verify.tries, judge)
+        teacher_run = asyncio.run(ask_teacher(job, ledger, cfg))
     finally:
         ledger.close()
-    pairs, rejections = engine.accepted()
-    stop_if_unfinished(engine, len(pairs), sum(quotas.values()))
+    pairs, rejections = teacher_run.accepted()
+    stop_if_unfinished(teacher_run, len(pairs), sum(quotas.values()))
     if not pairs:
         reasons = ", ".join(f"{k} {v}" for k, v in rejections.most_common()) or "no questions"
         raise ClaireError(
@@ -282,14 +285,14 @@ def run_api(cfg: DictConfig) -> Path:
     splits = split_rows(rows, cfg)
     save_dataset(splits, out, cfg)
     sizes = {name: len(part) for name, part in splits.items()}
-    write_card(out, cfg, prompt, engine, counts, quotas, rows, rejections, ledger, sizes)
+    write_card(out, cfg, prompt, teacher_run, counts, quotas, rows, rejections, ledger, sizes)
     print(f"claire.generate: wrote {len(rows)} verified traces ({sizes}) to {out}; cost ${ledger.cost():.2f}")
     return out
 
 
-def stop_if_unfinished(engine: teacher.Teacher, done: int, wanted: int) -> None:
+def stop_if_unfinished(teacher_run: engine.Teacher, done: int, wanted: int) -> None:
     """A run cut short (budget, failures) writes no dataset: say how far it got and how to go on."""
-    outcome = engine.outcome
+    outcome = teacher_run.outcome
     failed = sum(outcome.failures.values())
     if done >= wanted or not (outcome.stopped or failed):
         return
@@ -298,8 +301,8 @@ def stop_if_unfinished(engine: teacher.Teacher, done: int, wanted: int) -> None:
     else:
         why, how = outcome.stopped or f"{failed} requests failed after retries ({', '.join(outcome.failures)})", ""
     raise ClaireError(
-        f"stopped at {done} of {wanted} rows because {why}; spent ${engine.budget.spent:.2f}. Everything is kept in "
-        f"{engine.ledger.path}: rerun the same command to go on{how}"
+        f"stopped at {done} of {wanted} rows because {why}; spent ${teacher_run.budget.spent:.2f}. Everything is kept in "
+        f"{teacher_run.ledger.path}: rerun the same command to go on{how}"
     )
 
 
@@ -307,13 +310,13 @@ def finished_rows(pairs: list[tuple[dict, dict]]) -> list[dict]:
     """Dataset rows from accepted (question, response) pairs (questions were deduplicated before asking)."""
     rows = []
     for row, entry in pairs:
-        answer = data.split_trace(entry["content"])["answer"]
+        answer = preprocess.split_trace(entry["content"])["answer"]
         rows.append(
             {
                 **{k: row[k] for k in ("id", "source", "question", "gold", "kind")},
                 "choices": row.get("choices"),
                 "response": entry["content"],
-                "correct": verify.is_correct(row, answer),
+                "correct": verification.is_correct(row, answer),
                 **{
                     k: entry[k]
                     for k in ("sample", "model", "served_model", "prompt_version", "tokens_in", "tokens_out")
@@ -346,12 +349,12 @@ def write_card(
     out: Path,
     cfg: DictConfig,
     prompt: dict,
-    engine: teacher.Teacher,
+    teacher_run: engine.Teacher,
     counts: dict,
     quotas: dict,
     rows: list[dict],
     rejections: Counter,
-    ledger: teacher.Ledger,
+    ledger: engine.Ledger,
     sizes: dict[str, int],
 ) -> None:
     """summary.json and the dataset card: prompt, teacher, sources and counts, rejections, cost and dates."""
@@ -368,14 +371,14 @@ def write_card(
         "sources": {name: {**counts[name], "quota": quotas[name], "rows": made[name]} for name in counts},
         "rows": {"total": len(rows), "correct": sum(bool(row["correct"]) for row in rows)},
         "rejections": dict(rejections.most_common()),
-        "failed_requests": dict(engine.outcome.failures),
+        "failed_requests": dict(teacher_run.outcome.failures),
         "requests": len(mine),
         "tokens": {k: sum(e[k] for e in mine) for k in ("tokens_in", "tokens_out")},
         "cost_usd": round(sum(e["cost_usd"] for e in mine), 4),
         "dates": {"first_response": times[0] if times else None, "last_response": times[-1] if times else None},
-        "claire": runs.git_state(),
+        "claire": run_folders.git_state(),
     }
-    runs.write_json(out / "summary.json", summary)
+    run_folders.write_json(out / "summary.json", summary)
     source_lines = [
         f"| {name} | {c['available']} | {c['overlap']} | {c['duplicate']} | {quotas[name]} | {made[name]} |"
         for name, c in counts.items()
@@ -417,7 +420,7 @@ def run_causal(cfg: DictConfig) -> Path:
     check(cfg)
     import datasets
 
-    rows = causal.generate_rows(cfg.n, cfg.seed, queries=cfg.queries, verbalisation=cfg.verbalisation)
+    rows = questions.generate_rows(cfg.n, cfg.seed, queries=cfg.queries, verbalisation=cfg.verbalisation)
     rows = assign_splits(rows, cfg)
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "eval", "test")}
     empty = [s for s, part in splits.items() if not part]

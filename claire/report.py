@@ -21,9 +21,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, runs, stats
+from claire import ClaireError, run_folders, stats
 
-runs.register_resolvers()
+run_folders.register_resolvers()
 # keys that do not change what a run measures: runs differing only in these are seeds of one experiment
 NOT_THE_EXPERIMENT = {
     "seed",
@@ -133,7 +133,7 @@ def experiment(config: dict) -> dict:
 
 def differences(a: dict, b: dict) -> list[str]:
     """Dotted config keys where two experiments differ."""
-    return runs.config_differences(OmegaConf.create(experiment(a)), OmegaConf.create(experiment(b)))
+    return run_folders.config_differences(OmegaConf.create(experiment(a)), OmegaConf.create(experiment(b)))
 
 
 def group_runs(found: list[Run]) -> list[Group]:
@@ -391,12 +391,12 @@ def count_planned(groups: list[Group]) -> None:
     import contextlib
     import io
 
-    from claire import plan
+    from claire.training import dry_run
 
     for group in (g for g in groups if g.reference_config):
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                group.planned = plan.run(OmegaConf.create(group.reference_config))["trainable_params"]
+                group.planned = dry_run.run(OmegaConf.create(group.reference_config))["trainable_params"]
         except ClaireError as error:
             group.planned = f"not counted: {error}"
 
@@ -436,7 +436,7 @@ def run(cfg: DictConfig) -> Path:
     write_csv([row for rows in tables.values() for row in rows], out / "tables.csv")
     sections = [f"### {group_title(g)}\n\n{markdown_table(g, tables[g.key], cfg.alpha)}" for g in groups]
     (out / "tables.md").write_text("\n\n".join(sections) + "\n")
-    from claire import figures
+    from claire.reporting import figures
 
     drawn = figures.draw(groups, tables, out)
     contamination = decontamination(groups, cfg) if cfg.decontamination.enabled else None
@@ -460,13 +460,13 @@ def data_samples(groups: list[Group]) -> dict[str, tuple[Run, dict[str, Path]]]:
 
 def decontamination(groups: list[Group], cfg: DictConfig) -> list[str]:
     """Markdown rows: per training data set and evaluation task, the share of eval items with an n-gram overlap."""
-    from claire import decontam
+    from claire import decontamination
 
     lines = []
     for run, samples in data_samples(groups).values():
         name = run.config.get("data", {}).get("name")
         try:
-            found = decontam.for_run(run.folder, n=cfg.decontamination.n, samples=samples)
+            found = decontamination.for_run(run.folder, n=cfg.decontamination.n, samples=samples)
         except ClaireError as error:
             lines.append(f"| {name} | — | — | — | not computed: {error} |")
             continue

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from claire import ClaireError, runs
+from claire import ClaireError, run_folders
 
 TIMINGS = ("runtime", "per_second", "wall_time", "tracker_run_id")  # they differ from run to run on any machine
 
@@ -50,7 +50,7 @@ def masked_keys(config: dict, prefix: str = "") -> list[str]:
 def new_folder(folder: Path, output_dir: str | None) -> Path:
     """Where the rerun goes: a fresh folder, never one that exists."""
     config = OmegaConf.load(folder / "config.yaml")
-    target = Path(output_dir or f"experiments/{config.get('run_name') or folder.name}/{runs.STARTED}")
+    target = Path(output_dir or f"experiments/{config.get('run_name') or folder.name}/{run_folders.STARTED}")
     if target.exists():
         raise ClaireError(f"--output-dir {target} exists; reproduce into a new folder")
     return target
@@ -110,7 +110,7 @@ def reproduce(folder: Path, overrides: list[str], output_dir: str | None = None,
         rows = [r for r in rows if r["saved"] is not None]  # a reference publishes only some numbers
     result = {"original": str(folder), "rerun": str(target), "overrides": overrides, "rtol": rtol}
     result |= {"identical": all(r["same"] for r in rows), "compared": rows}
-    runs.write_json(target / "reproduction.json", result)
+    run_folders.write_json(target / "reproduction.json", result)
     return result
 
 

@@ -11,21 +11,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from claire import ClaireError, checks, runs
+from claire import ClaireError, run_folders
+from claire.training import checks
 
-runs.register_resolvers()
+run_folders.register_resolvers()
 
 
 def run(cfg: DictConfig) -> float:
     """Check the config, train, evaluate, save the run folder; return the sweep objective."""
     if cfg.dry_run:  # plan only: parameters and GPU memory from the architecture; no data, weights or run folder
-        from claire import plan
+        from claire.training import dry_run
 
-        plan.run(cfg)
-        plan.drop_run_dir(cfg.output_dir)
+        dry_run.run(cfg)
+        dry_run.drop_run_dir(cfg.output_dir)
         return float("nan")
     checked = checks.check(cfg, f"{cfg.output_dir}/checkpoints")
-    from claire import sft
+    from claire.training import sft
 
     return sft.train(cfg, checked)
 

@@ -4,8 +4,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from claire.answers import answer_matches, causal_correct, equivalent, final_answer, has_answer_marker, read_answer
-from claire.causal import generate_rows
-from claire.verify import judge
+from claire.causal.questions import generate_rows
+from claire.teacher.verification import judge
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from claire.causal import SAMPLE_PATH, STORIES, STRUCTURE_TYPES, generate_rows
-from claire.data import split_trace
+from claire.causal.questions import SAMPLE_PATH, STORIES, STRUCTURE_TYPES, generate_rows
+from claire.training.preprocess import split_trace
 
 ROWS = [json.loads(line) for line in SAMPLE_PATH.read_text().splitlines()]
 
@@ -29,7 +29,7 @@ def variables(row):
 
 
 def test_the_shipped_file_is_what_the_generator_writes(tmp_path):
-    from claire.causal import write_jsonl
+    from claire.causal.questions import write_jsonl
 
     write_jsonl(generate_rows(240, seed=0), tmp_path / "s.jsonl")
     assert (tmp_path / "s.jsonl").read_bytes() == SAMPLE_PATH.read_bytes()

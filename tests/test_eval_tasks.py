@@ -11,9 +11,9 @@ from conftest import GSM8K  # noqa: E402
 from lm_eval.api.model import LM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-import claire.tasks  # noqa: E402
+import claire.evaluation.tasks  # noqa: E402
 from claire import ClaireError  # noqa: E402
-from claire.tasks.filters import ClaireAnswer  # noqa: E402
+from claire.evaluation.tasks.filters import ClaireAnswer  # noqa: E402
 
 needs_gsm8k = pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} is not here")
 LIMIT = 6
@@ -41,7 +41,7 @@ class Scripted(LM):
 def evaluate(task, model, metadata, limit=LIMIT, **kwargs):
     """lm-eval's results for one of Claire's tasks: ({metric,filter: value}, samples)."""
     # Without lm-eval's own tasks: indexing their YAML files costs ~4 s a call (the hf test below includes them).
-    manager = TaskManager(include_path=str(claire.tasks.PATH), include_defaults=False, metadata=metadata)
+    manager = TaskManager(include_path=str(claire.evaluation.tasks.PATH), include_defaults=False, metadata=metadata)
     out = lm_eval.simple_evaluate(model=model, tasks=[task], task_manager=manager, limit=limit, **kwargs)
     return out["results"][task], out["samples"][task]
 
@@ -236,7 +236,7 @@ def tiny_hf(tiny_model_dir):
 
 
 def test_every_shipped_task_is_tested_here():
-    found = {p.stem for p in claire.tasks.PATH.glob("*/*.yaml") if not p.stem.startswith("_")}
+    found = {p.stem for p in claire.evaluation.tasks.PATH.glob("*/*.yaml") if not p.stem.startswith("_")}
     found = {"claire_causal" if name == "causal" else name for name in found}
     assert found == set(SHIPPED)
 
@@ -245,7 +245,7 @@ def test_every_shipped_task_is_tested_here():
 @pytest.mark.parametrize("task", sorted(SHIPPED))
 def test_each_shipped_task_runs_offline_on_the_hf_backend(task, tiny_hf, gsm8k_files, gpqa_file):
     metadata = gsm8k_files | {"gpqa_diamond_file": gpqa_file, "gpqa_extended_file": gpqa_file}
-    manager = TaskManager(include_path=str(claire.tasks.PATH), include_defaults=False, metadata=metadata)
+    manager = TaskManager(include_path=str(claire.evaluation.tasks.PATH), include_defaults=False, metadata=metadata)
     out = lm_eval.simple_evaluate(
         model=tiny_hf, tasks=[task], task_manager=manager, limit=2, apply_chat_template=True,
         gen_kwargs={"max_gen_toks": 4},

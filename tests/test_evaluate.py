@@ -178,7 +178,7 @@ def test_cli_error_is_one_line(tmp_path):
 def test_format_failures_count_missing_answers_and_outputs_cut_at_the_limit(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from claire import scoring
+    from claire.evaluation import scoring
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     long = " ".join(["cause"] * 40)
@@ -272,7 +272,7 @@ def test_api_backend_with_the_judge_counts_false_wrong_and_disagreements(trained
 
 
 def test_bad_data_fails_before_any_model_loads(tmp_path, monkeypatch):
-    from claire import models
+    from claire.training import models
 
     def no_loading(*_):
         raise AssertionError("a model was loaded")
@@ -305,8 +305,8 @@ def test_runs_with_special_markers_decode_them_on_the_hf_backend(trained, tiny_m
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoTokenizer
 
-    from claire.lm import ClaireHFLM
-    from claire.models import SPECIAL_MARKERS
+    from claire.evaluation.hf_model import ClaireHFLM
+    from claire.training.models import SPECIAL_MARKERS
 
     run_dir = tmp_path / "special"
     shutil.copytree(trained / "adapter", run_dir / "adapter")

@@ -20,8 +20,10 @@ from conftest import CONF, ROOT, compose_train
 from hydra import compose, initialize_config_dir
 from scripted_server import ScriptedServer
 
-from claire import ClaireError, data, teacher
+from claire import ClaireError
 from claire.generate import allocate, run
+from claire.teacher import engine
+from claire.training import preprocess
 
 NO_REFERENCES = [
     f"decontaminate.{name}=null" for name in ("gsm8k_test", "gpqa_diamond", "gpqa_extended", "causal_test")
@@ -89,8 +91,8 @@ def test_pipeline_verifies_retries_and_writes_a_dataset_data_can_load(questions,
     assert "v2-reconstructed" in card and summary["prompt"]["hash"] in card and "wrong_answer 1" in card
     # the foundation's data= option reads it directly
     cfg = compose_train("data=v2", f"data.path={out}")
-    raw = data.load_raw(cfg.data)
-    prepared, dropped = data.prepare_split(raw["train"], cfg.data, "native")
+    raw = preprocess.load_raw(cfg.data)
+    prepared, dropped = preprocess.prepare_split(raw["train"], cfg.data, "native")
     assert len(prepared) == 18 and not dropped
     assert prepared[0]["completion"][0]["content"].startswith("<|im_start|>think")
 
@@ -158,7 +160,7 @@ def test_kill_9_midway_then_resume_asks_only_for_what_is_missing(questions, tmp_
 def test_torn_last_line_is_cut_off_and_appending_goes_on(tmp_path):
     path = tmp_path / "ledger.jsonl"
     path.write_text(json.dumps({"key": "a", "cost_usd": 1.5}) + "\n" + '{"key": "b", "cost_')
-    ledger = teacher.Ledger(path)
+    ledger = engine.Ledger(path)
     assert list(ledger.entries) == ["a"] and ledger.cost() == 1.5
     assert ledger.append({"key": "b", "cost_usd": 0.5}) and not ledger.append({"key": "a", "cost_usd": 9})
     ledger.close()
@@ -169,17 +171,17 @@ def test_batch_mode_rounds_and_resume_after_a_kill_between_submit_and_collect(qu
     out = tmp_path / "gen"
     batch = ["api.mode=batch", "api.poll_seconds=0.01"]
     with ScriptedServer(answer_for=answer_for, plan=["wrong", "malformed"], batch_polls=2) as server:
-        real_collect = teacher.Teacher.collect
+        real_collect = engine.Teacher.collect
 
         async def killed(self, state, batch_id):
             raise KeyboardInterrupt  # the process dies right after the batch was submitted
 
-        monkeypatch.setattr(teacher.Teacher, "collect", killed)
+        monkeypatch.setattr(engine.Teacher, "collect", killed)
         with pytest.raises(KeyboardInterrupt):
             run(compose_api(server, questions, out, *batch))
         # and the state file lost its record too: the rerun must find the batch through the API's list
         (out / "batches.jsonl").unlink()
-        monkeypatch.setattr(teacher.Teacher, "collect", real_collect)
+        monkeypatch.setattr(engine.Teacher, "collect", real_collect)
         run(compose_api(server, questions, out, *batch))
     entries = ledger_entries(out)
     # round 1: 20 lines, 2 rejected; round 2 asks for 2 more rows at the pass rate seen (18/20): 3 lines, none twice
@@ -252,7 +254,7 @@ def test_pacer_spaces_requests_to_the_rpm_limit():
     import asyncio
 
     async def ten() -> float:
-        pacer = teacher.Pacer(rpm=1200, tpm=None)  # one request every 50 ms
+        pacer = engine.Pacer(rpm=1200, tpm=None)  # one request every 50 ms
         start = time.monotonic()
         for _ in range(11):
             await pacer.acquire(100)
@@ -277,15 +279,15 @@ def test_allocate_follows_weights_and_passes_on_what_a_source_lacks():
 
 def test_prices_match_dated_snapshots_and_batch_halves_them():
     prices = {"gpt-4.1": {"input": 2.0, "output": 8.0}, "gpt-4.1-mini": {"input": 0.4, "output": 1.6}}
-    assert teacher.price_of("gpt-4.1-2025-04-14", prices) == prices["gpt-4.1"]
-    assert teacher.price_of("gpt-4.1-mini-2025-04-14", prices) == prices["gpt-4.1-mini"]
-    assert teacher.price_of("o3", prices) is None
-    assert teacher.cost_usd(1_000_000, 500_000, prices["gpt-4.1"]) == pytest.approx(6.0)
-    assert teacher.cost_usd(1_000_000, 500_000, prices["gpt-4.1"], discount=0.5) == pytest.approx(3.0)
+    assert engine.price_of("gpt-4.1-2025-04-14", prices) == prices["gpt-4.1"]
+    assert engine.price_of("gpt-4.1-mini-2025-04-14", prices) == prices["gpt-4.1-mini"]
+    assert engine.price_of("o3", prices) is None
+    assert engine.cost_usd(1_000_000, 500_000, prices["gpt-4.1"]) == pytest.approx(6.0)
+    assert engine.cost_usd(1_000_000, 500_000, prices["gpt-4.1"], discount=0.5) == pytest.approx(3.0)
 
 
 def test_batch_mode_splits_a_round_into_files_of_the_apis_limit(questions, tmp_path, monkeypatch):
-    monkeypatch.setattr(teacher, "BATCH_LIMIT", 8)
+    monkeypatch.setattr(engine, "BATCH_LIMIT", 8)
     with ScriptedServer(answer_for=answer_for) as server:
         out = run(compose_api(server, questions, tmp_path / "gen", "api.mode=batch", "api.poll_seconds=0.01"))
     states = [json.loads(line) for line in (out / "batches.jsonl").read_text().splitlines()]
@@ -354,7 +356,7 @@ def test_pacer_waits_for_the_token_budget():
     import asyncio
 
     async def two() -> float:
-        pacer = teacher.Pacer(rpm=None, tpm=60_000)  # 1,000 tokens a second; starts with a minute's worth
+        pacer = engine.Pacer(rpm=None, tpm=60_000)  # 1,000 tokens a second; starts with a minute's worth
         await pacer.acquire(60_000)
         start = time.monotonic()
         await pacer.acquire(500)
@@ -364,17 +366,17 @@ def test_pacer_waits_for_the_token_budget():
 
 
 def test_one_writer_per_ledger(tmp_path):
-    first = teacher.Ledger(tmp_path / "ledger.jsonl")
+    first = engine.Ledger(tmp_path / "ledger.jsonl")
     with pytest.raises(ClaireError, match="another claire.generate is writing"):
-        teacher.Ledger(tmp_path / "ledger.jsonl")
+        engine.Ledger(tmp_path / "ledger.jsonl")
     first.close()
-    teacher.Ledger(tmp_path / "ledger.jsonl").close()
+    engine.Ledger(tmp_path / "ledger.jsonl").close()
 
 
 def test_open_batches_must_be_collected_before_going_online(questions, tmp_path):
     out = tmp_path / "gen"
     out.mkdir()
-    teacher.BatchState(out / "batches.jsonl").add("batch_9", 20)
+    engine.BatchState(out / "batches.jsonl").add("batch_9", 20)
     with ScriptedServer(answer_for=answer_for) as server, pytest.raises(ClaireError, match="rerun with api.mode=batch"):
         run(compose_api(server, questions, out))
     assert server.counts["received"] == 0

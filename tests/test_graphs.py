@@ -2,7 +2,7 @@
 
 import pytest
 
-from claire.causal import generate_rows
+from claire.causal.questions import generate_rows
 from claire.graphs import causality_block, graph_metrics, parse_edges, score, shd
 
 

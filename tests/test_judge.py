@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from scripted_server import ScriptedServer
 
-from claire import ClaireError, judge
+from claire import ClaireError
+from claire.evaluation import judge
 
 KEY_ENV, SECRET = "CLAIRE_TEST_JUDGE_KEY", "sk-judge-secret-4242"
 TAGS = ("question", "gold_answer", "model_output")

@@ -6,7 +6,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.model import LM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-import claire.tasks  # noqa: E402
+import claire.evaluation.tasks  # noqa: E402
 from claire.generate import run as generate  # noqa: E402
 
 LIMIT = 60
@@ -30,7 +30,7 @@ class Scripted(LM):
 
 
 def evaluate(answer, metadata=None):
-    manager = TaskManager(include_path=str(claire.tasks.PATH), metadata=metadata)
+    manager = TaskManager(include_path=str(claire.evaluation.tasks.PATH), metadata=metadata)
     results = lm_eval.simple_evaluate(
         model=Scripted(answer), tasks=["claire_causal"], task_manager=manager, limit=LIMIT, log_samples=False
     )

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from claire import ClaireError
 from claire.generate import run
-from claire.sources import (
+from claire.teacher.sources import (
     CHOICE_LINE,
     SOURCES,
     Overlap,

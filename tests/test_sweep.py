@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from claire import sweep, sweep_report
+from claire.sweep import optuna_study
+from claire.sweep import summary as sweep_summary
 
 CONF = Path(__file__).parents[1] / "conf"
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
@@ -79,7 +80,7 @@ def test_grid_sweep_prunes_and_writes_its_summary(tiny_model_dir, tmp_path):
     assert "schedule:\n  learning_rate:" in (folder / "best.yaml").read_text()
     assert len((folder / "trials.csv").read_text().splitlines()) == 5
     report = (folder / "report.md").read_text()  # report=true: each plot drawn, or said why not (1 finished trial)
-    assert all((folder / p).exists() or f"{p} not drawn" in report for p in sweep_report.PLOTS)
+    assert all((folder / p).exists() or f"{p} not drawn" in report for p in sweep_summary.PLOTS)
     assert (folder / "intermediate_values.png").read_bytes().startswith(b"\x89PNG")
     assert f"Best: trial {summary['best_trial']}," in (folder / "report.md").read_text()
     for t in found:  # one tracker run per trial (all ran in one process), closed and tagged with how it ended
@@ -126,9 +127,9 @@ def test_search_space_follows_hydras_grammar():
     assert found["b"] == optuna.distributions.CategoricalDistribution(["r8", "r16"])
     assert found["c"] == optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
     assert found["d"] == optuna.distributions.IntDistribution(1, 3) and found["e"] is None
-    assert sweep.grid({"a": found["a"], "b": found["b"]}) == {"a": [1, 2, 3], "b": ["r8", "r16"]}
+    assert optuna_study.grid({"a": found["a"], "b": found["b"]}) == {"a": [1, 2, 3], "b": ["r8", "r16"]}
     with pytest.raises(Exception, match="cannot grid c"):
-        sweep.grid({"c": found["c"]})
+        optuna_study.grid({"c": found["c"]})
 
 
 def test_a_trial_whose_process_died_is_failed_and_retried_with_its_parameters(tiny_model_dir, tmp_path):
@@ -254,7 +255,7 @@ def rank_follows_rank_0(rank: int, url: str, port: int, decisions) -> None:
     os.environ["CLAIRE_SWEEP_STORAGE"] = url if rank == 0 else "sqlite:////nonexistent/folder/study.db"
     os.environ["CLAIRE_SWEEP_PRUNER"] = json.dumps({"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0})
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    callback, control, state = sweep.pruning_callback("eval_loss"), TrainerControl(), TrainerState(global_step=3)
+    callback, control, state = optuna_study.pruning_callback("eval_loss"), TrainerControl(), TrainerState(global_step=3)
     args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, world_size=2)
     callback.on_evaluate(args, state, control, metrics={"eval_loss": 5.0 + rank})  # only rank 0's value counts
     decisions[rank] = (callback.trial is None, callback.pruned, control.should_training_stop)
@@ -307,8 +308,10 @@ def test_each_search_space_composes_and_builds_its_study_parts(search):
     assert space and all(d is not None for d in space.values())  # every param is a sweep
     for key in space:  # every swept key exists in the config (a group name, or a key of the composed config)
         assert key in {"lora", "schedule", "model", "trainer"} or OmegaConf.select(cfg, key) is not None, key
-    assert isinstance(sweep.sampler(OmegaConf.to_container(settings.sampler), space), optuna.samplers.BaseSampler)
-    assert isinstance(sweep.pruner(OmegaConf.to_container(settings.pruner)), optuna.pruners.BasePruner)
+    assert isinstance(
+        optuna_study.sampler(OmegaConf.to_container(settings.sampler), space), optuna.samplers.BaseSampler
+    )
+    assert isinstance(optuna_study.pruner(OmegaConf.to_container(settings.pruner)), optuna.pruners.BasePruner)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -319,9 +322,9 @@ def test_each_sampler_builds_on_the_quick_space(sampler):
     space = search_space(cfg)
     if sampler == "grid":  # a log interval cannot be gridded: one line, before any trial
         with pytest.raises(Exception, match="cannot grid schedule.learning_rate"):
-            sweep.sampler(OmegaConf.to_container(cfg.hydra.sweeper.sampler), space)
+            optuna_study.sampler(OmegaConf.to_container(cfg.hydra.sweeper.sampler), space)
         space.pop("schedule.learning_rate")
-    built = sweep.sampler(OmegaConf.to_container(cfg.hydra.sweeper.sampler), space, offset=3)
+    built = optuna_study.sampler(OmegaConf.to_container(cfg.hydra.sweeper.sampler), space, offset=3)
     names = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "cmaes": "CmaEsSampler"}
     assert type(built).__name__ == names[sampler]
     if sampler == "grid":
@@ -333,10 +336,10 @@ def test_each_pruner_builds_and_a_bad_key_is_one_line(pruner):
     from omegaconf import OmegaConf
 
     cfg = sweeper_config("hparams_search=quick-cpu", f"hydra/sweeper/pruner={pruner}")
-    assert isinstance(sweep.pruner(OmegaConf.to_container(cfg.hydra.sweeper.pruner)), optuna.pruners.BasePruner)
+    assert isinstance(optuna_study.pruner(OmegaConf.to_container(cfg.hydra.sweeper.pruner)), optuna.pruners.BasePruner)
     settings = OmegaConf.to_container(cfg.hydra.sweeper.pruner) | {"n_warmup_step": 3}
     with pytest.raises(Exception, match=r"hydra/sweeper/pruner: optuna\.pruners\.\w+ cannot be built") as error:
-        sweep.pruner(settings)
+        optuna_study.pruner(settings)
     assert "\n" not in str(error.value)
 
 
@@ -346,7 +349,8 @@ def test_a_search_file_leaves_model_and_data_to_the_command_line():
     assert cfg.hydra.sweeper.study_name == "qwen2.5-7b-v2"
     grid = sweeper_config("hparams_search=report-grid", "model=0.5b")
     assert grid.hydra.sweeper.study_name == "report-grid-qwen2.5-0.5b"
-    assert sorted(sweep.grid({k: d for k, d in search_space(grid).items() if k != "schedule.learning_rate"})) == [
+    space = {k: d for k, d in search_space(grid).items() if k != "schedule.learning_rate"}
+    assert sorted(optuna_study.grid(space)) == [
         "lora", "lora.lora_dropout", "schedule.warmup_steps", "schedule.weight_decay",
         "trainer.gradient_accumulation_steps", "trainer.num_train_epochs",
     ]  # fmt: skip

@@ -6,8 +6,9 @@ import shutil
 import pytest
 import torch
 
-from claire import ClaireError, checks, runs, sft
+from claire import ClaireError, run_folders
 from claire.train import run
+from claire.training import checks, sft
 
 
 def read(path):
@@ -115,9 +116,9 @@ def test_resume_true_finds_the_newest_interrupted_run(tmp_path):
     for name in ("2026-01-01_00-00-00", "2026-01-02_00-00-00"):
         (root / name / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (root / "2026-01-02_00-00-00" / "metrics.json").write_text("{}")  # finished: not a candidate
-    assert runs.run_dir(str(root), True) == str(root / "2026-01-01_00-00-00")
-    assert runs.run_dir(str(root), False) == f"{root}/{runs.STARTED}"
-    assert runs.run_dir(str(root), "some/folder") == "some/folder"
+    assert run_folders.run_dir(str(root), True) == str(root / "2026-01-01_00-00-00")
+    assert run_folders.run_dir(str(root), False) == f"{root}/{run_folders.STARTED}"
+    assert run_folders.run_dir(str(root), "some/folder") == "some/folder"
 
 
 def test_resume_without_a_checkpoint_says_so(tiny_cfg):

@@ -24,7 +24,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from claire import ClaireError, sweep
+from claire import ClaireError
+from claire.sweep import optuna_study
 
 log = logging.getLogger(__name__)
 # Heartbeats and ask-and-tell outside optimize() are what this sweeper is built on (optuna pinned exactly, tested).
@@ -46,7 +47,7 @@ class ClaireSweeperConf:
     n_jobs: int = 1  # trials launched together, in one call of the launcher (joblib, submitit)
     sampler: Any = MISSING
     pruner: Any = MISSING
-    report: bool = True  # write the summary's plots (claire.sweep_report) when the sweep ends
+    report: bool = True  # write the summary's plots (claire.sweep) when the sweep ends
     heartbeat_interval: int = 60  # seconds; a trial silent for grace_period is taken for dead and retried
     grace_period: int = 180
     max_retry: int = 2
@@ -98,7 +99,7 @@ class ClaireSweeper(Sweeper):
         overrides = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(params)
         space = {o.get_key_element(): d for o in overrides if (d := distribution(o)) is not None}
         fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in overrides if distribution(o) is None]
-        url = sweep.storage_url(self.settings.storage, Path(self.config.hydra.sweep.dir))
+        url = optuna_study.storage_url(self.settings.storage, Path(self.config.hydra.sweep.dir))
         try:
             study = self.study(url, space)
         except ClaireError as error:  # before any trial runs: one line, as claire.train's own checks
@@ -122,26 +123,26 @@ class ClaireSweeper(Sweeper):
     def summarise(self, study: optuna.Study, folder: Path) -> None:
         """trials.csv, summary.json, best.yaml and, with report=true, the plots and report.md."""
         if self.settings.report:
-            from claire import sweep_report
+            from claire.sweep import summary
 
-            sweep_report.write_report(study, folder)
+            summary.write_report(study, folder)
         else:
-            sweep.write_summary(study, folder)
+            optuna_study.write_summary(study, folder)
 
     def study(self, url: str, space: dict) -> optuna.Study:
         """The persistent study (created on first use), with heartbeats so dead trials are found and retried."""
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(self.settings.max_retry)
         beats = {"heartbeat_interval": self.settings.heartbeat_interval, "grace_period": self.settings.grace_period}
-        storage = sweep.storage(url, heartbeat_stale_trial_callback=retry, **beats)
+        storage = optuna_study.storage(url, heartbeat_stale_trial_callback=retry, **beats)
         study = optuna.create_study(
             study_name=self.settings.study_name,
             storage=storage,
-            pruner=sweep.pruner(OmegaConf.to_container(self.settings.pruner, resolve=True)),
+            pruner=optuna_study.pruner(OmegaConf.to_container(self.settings.pruner, resolve=True)),
             direction=self.settings.direction,
             load_if_exists=True,
         )
         sampler = OmegaConf.to_container(self.settings.sampler, resolve=True)
-        study.sampler = sweep.sampler(sampler, space, offset=len(study.get_trials(deepcopy=False)))
+        study.sampler = optuna_study.sampler(sampler, space, offset=len(study.get_trials(deepcopy=False)))
         return study
 
     def room(self, study: optuna.Study) -> int:

@@ -1,0 +1,46 @@
+"""Hooks of the claire_causal lm-eval task: data, prompt, and scoring with the Claire answer reader."""
+
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from claire import answers, generate, graphs
+from claire.causal import questions
+
+
+def load(data_dir: str | None = None, n: int = 5000, seed: int = 0, **_: Any) -> dict:
+    """The suite's splits: from a folder claire.generate wrote, or regenerated in memory with its settings."""
+    import datasets
+
+    if data_dir:
+        return dict(datasets.load_from_disk(data_dir))
+    cfg = OmegaConf.load(generate.CONFIG)
+    cfg.n, cfg.seed = n, seed
+    rows = generate.assign_splits(
+        questions.generate_rows(n, seed, queries=cfg.queries, verbalisation=cfg.verbalisation), cfg
+    )
+    return {s: datasets.Dataset.from_list([r for r in rows if r["split"] == s]) for s in ("train", "eval", "test")}
+
+
+def doc_to_text(doc: dict) -> str:
+    """The question alone: the chat template (--apply_chat_template) makes it a user turn."""
+    return doc["question"]
+
+
+def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    """Accuracy overall and by rung, query type and shape novelty; graph scores of the <causality> block."""
+    output = results[0]
+    right = float(answers.causal_correct(output, doc["answer"]))
+    names = sorted({v for edge in doc["edges"] for v in edge})
+    graph = graphs.graph_metrics(output, doc["edges"], names)
+    novelty = "unseen" if doc.get("unseen_shape") else "seen"
+    return {
+        "acc": right,
+        f"acc_rung{doc['rung']}": right,
+        f"acc_{doc['query_type']}": right,
+        f"acc_{novelty}_shape": right,
+        "graph_f1": graph["f1"],
+        "graph_precision": graph["precision"],
+        "graph_recall": graph["recall"],
+        "graph_shd": float(graph["shd"]),
+    }

@@ -1,0 +1,1 @@
+"""Reporting: the report's tables and figures, rebuilt from run folders alone."""
