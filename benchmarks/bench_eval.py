@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from claire import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 FILTERS = ("strict-match", "flexible-extract", "claire")
@@ -82,11 +84,10 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import compose_evaluate, compose_train
 
-    from claire import run_folders
-    from claire.training import models
+    from claire import models
 
     model_dir = models.model_path(compose_train().model)
-    dtype = "bfloat16" if run_folders.cpu_has_bf16() else "float32"
+    dtype = "bfloat16" if machine.cpu_has_bf16() else "float32"
     times: dict[str, list[float]] = {"claire": [], "lm_eval": []}
     found: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:

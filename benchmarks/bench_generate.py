@@ -43,9 +43,9 @@ async def measure(server: ScriptedServer, n: int, rpm: int | None, concurrency: 
     with tempfile.TemporaryDirectory() as folder:
         ledger = engine.Ledger(Path(folder) / "ledger.jsonl")
         client = openai.AsyncOpenAI(base_url=server.url, api_key="bench", max_retries=6)
-        teacher_run = engine.Teacher(job(n, rpm, concurrency), ledger, client, progress=False)
+        teacher = engine.Teacher(job(n, rpm, concurrency), ledger, client, progress=False)
         start = time.monotonic()
-        outcome = await teacher_run.run_online()
+        outcome = await teacher.run_online()
         elapsed = time.monotonic() - start
         await client.close()
         ledger.close()

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from claire import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 HYPER = {"learning_rate": 3e-4, "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "weight_decay": 1e-4}
 
@@ -46,8 +48,8 @@ def trl_run(steps: int, threads: int, out: Path) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from claire import run_folders
-    from claire.training import models, sft
+    from claire import models
+    from claire.training import sft
 
     torch.set_num_threads(threads)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -65,7 +67,7 @@ def trl_run(steps: int, threads: int, out: Path) -> dict:
         save_strategy="no",
         report_to="none",
         use_cpu=True,
-        bf16=run_folders.cpu_has_bf16(),
+        bf16=machine.cpu_has_bf16(),
         seed=42,
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
@@ -125,12 +127,11 @@ def main() -> None:
             results[kind].append(spawn(kind, opts.steps, opts.threads))
             print(f"  {kind:6s} run {i + 1}: {results[kind][-1]['tokens_per_s']:.0f} tok/s", flush=True)
     med = {k: {f: statistics.median(r[f] for r in runs) for f in runs[0]} for k, runs in results.items()}
-    from claire import run_folders
 
     print(
         f"\nSmolLM2-135M, LoRA r64 all-linear, batch 4 x accum 4, {opts.steps} steps, {opts.threads} threads, "
         f"medians of {opts.repeats} alternating runs ({time.time() - started:.0f} s); "
-        f"CPU native bf16: {run_folders.cpu_has_bf16()}"
+        f"CPU native bf16: {machine.cpu_has_bf16()}"
     )
     print(f"{'':8s}{'non-pad tok/s':>15s}{'peak RSS MB':>13s}{'eval loss':>11s}")
     for kind in ("claire", "trl"):

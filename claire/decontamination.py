@@ -5,14 +5,14 @@ Usage: python -m claire.decontamination RUN_FOLDER [--n 13]
 Normalisation: text is lowercased and cut into words with re.findall(r"\\w+", ...) (letters, digits, underscore;
 punctuation and whitespace only separate words). An n-gram is n consecutive words joined by one space, hashed with
 blake2b (8 bytes, top 60 bits kept: stable across processes and machines, and small Python ints).
-An eval item with fewer than n words cannot hold an n-gram: it is skipped, counted under "short", and never
-counted as contaminated (it still counts in the share's denominator).
+A text with fewer than n words is one n-gram of all its words, so an exact copy of a short text still matches;
+such eval items are also counted under "short" (they can only match a short training text word for word).
+The teacher's decontamination of training questions (claire.teacher.sources) uses the same n-grams.
 Training text is the raw training split's question + response, as claire.data.load_raw reads it (limits included).
 """
 
 import argparse
 import hashlib
-import json
 import re
 import sys
 from collections.abc import Iterable
@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from claire import ClaireError
+from claire import ClaireError, datafiles
 
 WORD = re.compile(r"\w+")
 QUESTION_FIELDS = ("question", "Question", "problem", "query", "input")
@@ -33,16 +33,14 @@ def tokens(text: str) -> list[str]:
 
 
 def _grams(words: list[str], n: int) -> set[int]:
-    """Hashed n-grams of a word list: blake2b of the space-joined words, top 60 bits (empty when shorter than n)."""
+    """Hashed n-grams of a word list: blake2b of the space-joined words, top 60 bits; fewer words: one of them all."""
     blake, join, as_int = hashlib.blake2b, " ".join, int.from_bytes
-    return {
-        as_int(blake(join(words[i : i + n]).encode(), digest_size=8).digest(), "big") >> 4
-        for i in range(len(words) - n + 1)
-    }
+    spans = [words] if 0 < len(words) < n else [words[i : i + n] for i in range(len(words) - n + 1)]
+    return {as_int(blake(join(span).encode(), digest_size=8).digest(), "big") >> 4 for span in spans}
 
 
 def ngrams(text: str, n: int = 13) -> set[int]:
-    """Hashed n-grams of a text (stable across processes)."""
+    """Hashed word n-grams of a text (stable across processes); a text shorter than n words is one n-gram."""
     return _grams(tokens(text), n)
 
 
@@ -60,13 +58,12 @@ def _id_order(item_id: str) -> tuple:
 
 
 def overlap(train: set[int], items: dict[str, str], n: int = 13, examples: int = 5) -> dict:
-    """How many items share at least one n-gram with train; short items are skipped and counted."""
+    """How many items share at least one n-gram with train; items shorter than n words are also counted."""
     contaminated, short = [], 0
     for item_id, text in items.items():
         words = tokens(text)
-        if len(words) < n:
-            short += 1
-        elif not train.isdisjoint(_grams(words, n)):
+        short += len(words) < n
+        if not train.isdisjoint(_grams(words, n)):
             contaminated.append(item_id)
     k = len(contaminated)
     return {
@@ -81,10 +78,9 @@ def overlap(train: set[int], items: dict[str, str], n: int = 13, examples: int =
 
 def training_texts(data_cfg: DictConfig) -> list[str]:
     """The training rows' question + response, loaded by claire.data.load_raw as training does."""
-    from claire.training import preprocess
 
     try:
-        rows = preprocess.load_raw(data_cfg)["train"]
+        rows = datafiles.load_raw(data_cfg)["train"]
         question, response = data_cfg.question_field, data_cfg.response_field
     except OmegaConfBaseException as error:
         raise ClaireError(f"the data config of data.path={data_cfg.get('path')} is incomplete ({error})") from None
@@ -106,17 +102,8 @@ def _question(doc: object) -> str:
 def eval_items(samples_file: Path) -> dict[str, str]:
     """{str(doc_id): question} of an lm-eval per-sample log, each doc once (it appears once per filter)."""
     items: dict[str, str] = {}
-    with open(samples_file, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                doc_id = str(row["doc_id"])
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ClaireError(f"{samples_file} line {number} is not an lm-eval sample ({error})") from None
-            if doc_id not in items:
-                items[doc_id] = _question(row.get("doc"))
+    for row in datafiles.read_samples(samples_file):
+        items.setdefault(str(row["doc_id"]), _question(row.get("doc")))
     return items
 
 

@@ -21,9 +21,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, run_folders
+from claire import ClaireError, configs, datafiles, machine, resolvers, run_folders
 
-run_folders.register_resolvers()
+resolvers.register()
 log = logging.getLogger("claire.evaluate")
 
 BACKENDS = {"hf": "hf", "vllm": "vllm", "api": "local-chat-completions"}
@@ -37,13 +37,13 @@ def run(cfg: DictConfig) -> float | None:
     load_tasks(task_names, manager)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_folders.resolved(cfg))))
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(configs.resolved(cfg))))
     if cfg.threads or not _cuda():
         import torch
 
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     data = {"tasks": task_names, **OmegaConf.to_container(cfg.data)}
-    run_folders.write_json(out / "manifest.json", run_folders.manifest(cfg, data, PACKAGES))
+    datafiles.write_json(out / "manifest.json", run_folders.manifest(cfg, data, PACKAGES))
     evaluated = {}
     for label, (lm, args) in subjects(cfg).items():
         log.info("Evaluating %s (%s) on %s", label, args.get("pretrained") or args.get("model"), task_names)
@@ -51,8 +51,8 @@ def run(cfg: DictConfig) -> float | None:
     from claire.evaluation import scoring
 
     report = scoring.score(cfg, evaluated, out)
-    run_folders.write_json(out / "results.json", report)
-    run_folders.write_json(out / "metrics.json", report["metrics"])
+    datafiles.write_json(out / "results.json", report)
+    datafiles.write_json(out / "metrics.json", report["metrics"])
     (out / "summary.md").write_text(report["summary"])
     print(report["summary"])
     print(f"claire.evaluate: done; results in {out}")
@@ -191,7 +191,7 @@ def _cuda() -> bool:
 
 def subjects(cfg: DictConfig) -> dict[str, tuple[str, dict]]:
     """The models to evaluate: {"base": ..., "tuned": ...} for a run, {"model": ...} alone; lm-eval type and args."""
-    from claire.training import models
+    from claire import models
 
     base = models.model_path(cfg.model)
     if not cfg.run:
@@ -241,7 +241,7 @@ def dtype(cfg: DictConfig) -> str:
     """The backend's dtype: as configured, else bfloat16 on a GPU or a CPU with native bf16, else float32."""
     if cfg.backend.dtype:
         return str(cfg.backend.dtype)
-    return "bfloat16" if _cuda() or run_folders.cpu_has_bf16() else "float32"
+    return "bfloat16" if _cuda() or machine.cpu_has_bf16() else "float32"
 
 
 def adapter_rank(adapter: str) -> int:
@@ -300,7 +300,7 @@ def load_results(out: Path) -> dict:
     """What save_results wrote, read back as lm-eval's results dict (samples included)."""
     results = json.loads((out / "results.json").read_text())
     results["samples"] = {
-        path.name.removeprefix("samples_").removesuffix(".jsonl"): [json.loads(line) for line in path.open()]
+        path.name.removeprefix("samples_").removesuffix(".jsonl"): datafiles.read_samples(path)
         for path in sorted(out.glob("samples_*.jsonl"))
     }
     return results
@@ -332,7 +332,7 @@ def save_results(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     samples = results.get("samples", {})
     summary = {k: v for k, v in results.items() if k != "samples"}
-    summary["config"] = run_folders.mask(summary.get("config", {}))  # a key passed in backend.model_args, say
+    summary["config"] = configs.mask(summary.get("config", {}))  # a key passed in backend.model_args, say
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=handle_non_serializable))
     for task, rows in samples.items():
         with open(out / f"samples_{task}.jsonl", "w") as f:

@@ -17,10 +17,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, run_folders
+from claire import ClaireError, datafiles, openai_client, run_folders, traces
 from claire.causal import questions
 from claire.teacher import engine, sources, verification
-from claire.training import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -234,15 +233,15 @@ def allocate(total: int, weights: dict[str, float], available: dict[str, int]) -
 
 async def ask_teacher(job: engine.Job, ledger: engine.Ledger, cfg: DictConfig) -> engine.Teacher:
     """Run the job online or through the Batch API; the client is closed however it ends."""
-    client = engine.client_of(cfg.api)
+    client = openai_client.client_of(cfg.api)
     try:
-        teacher_run = engine.Teacher(job, ledger, client, progress=cfg.progress)
+        teacher = engine.Teacher(job, ledger, client, progress=cfg.progress)
         if cfg.api.mode == "batch":
             tag = hashlib.sha256(str(Path(cfg.out).resolve()).encode()).hexdigest()[:16]
-            await teacher_run.run_batch(Path(cfg.out) / "batches.jsonl", tag)
+            await teacher.run_batch(Path(cfg.out) / "batches.jsonl", tag)
         else:
-            await teacher_run.run_online()
-        return teacher_run
+            await teacher.run_online()
+        return teacher
     finally:
         await client.close()
 
@@ -268,11 +267,11 @@ def run_api(cfg: DictConfig) -> Path:
         check_ledger(ledger, prompt, cfg.api)
         judge = functools.partial(verification.judge, rules=cfg.verify)
         job = engine.Job(candidates, quotas, prompt, cfg.api, price, cfg.budget_usd, cfg.verify.tries, judge)
-        teacher_run = asyncio.run(ask_teacher(job, ledger, cfg))
+        teacher = asyncio.run(ask_teacher(job, ledger, cfg))
     finally:
         ledger.close()
-    pairs, rejections = teacher_run.accepted()
-    stop_if_unfinished(teacher_run, len(pairs), sum(quotas.values()))
+    pairs, rejections = teacher.accepted()
+    stop_if_unfinished(teacher, len(pairs), sum(quotas.values()))
     if not pairs:
         reasons = ", ".join(f"{k} {v}" for k, v in rejections.most_common()) or "no questions"
         raise ClaireError(
@@ -285,14 +284,14 @@ def run_api(cfg: DictConfig) -> Path:
     splits = split_rows(rows, cfg)
     save_dataset(splits, out, cfg)
     sizes = {name: len(part) for name, part in splits.items()}
-    write_card(out, cfg, prompt, teacher_run, counts, quotas, rows, rejections, ledger, sizes)
+    write_card(out, cfg, prompt, teacher, counts, quotas, rows, rejections, ledger, sizes)
     print(f"claire.generate: wrote {len(rows)} verified traces ({sizes}) to {out}; cost ${ledger.cost():.2f}")
     return out
 
 
-def stop_if_unfinished(teacher_run: engine.Teacher, done: int, wanted: int) -> None:
+def stop_if_unfinished(teacher: engine.Teacher, done: int, wanted: int) -> None:
     """A run cut short (budget, failures) writes no dataset: say how far it got and how to go on."""
-    outcome = teacher_run.outcome
+    outcome = teacher.outcome
     failed = sum(outcome.failures.values())
     if done >= wanted or not (outcome.stopped or failed):
         return
@@ -301,8 +300,8 @@ def stop_if_unfinished(teacher_run: engine.Teacher, done: int, wanted: int) -> N
     else:
         why, how = outcome.stopped or f"{failed} requests failed after retries ({', '.join(outcome.failures)})", ""
     raise ClaireError(
-        f"stopped at {done} of {wanted} rows because {why}; spent ${teacher_run.budget.spent:.2f}. Everything is kept in "
-        f"{teacher_run.ledger.path}: rerun the same command to go on{how}"
+        f"stopped at {done} of {wanted} rows because {why}; spent ${teacher.budget.spent:.2f}. Everything is kept in "
+        f"{teacher.ledger.path}: rerun the same command to go on{how}"
     )
 
 
@@ -310,7 +309,7 @@ def finished_rows(pairs: list[tuple[dict, dict]]) -> list[dict]:
     """Dataset rows from accepted (question, response) pairs (questions were deduplicated before asking)."""
     rows = []
     for row, entry in pairs:
-        answer = preprocess.split_trace(entry["content"])["answer"]
+        answer = traces.split_trace(entry["content"])["answer"]
         rows.append(
             {
                 **{k: row[k] for k in ("id", "source", "question", "gold", "kind")},
@@ -349,7 +348,7 @@ def write_card(
     out: Path,
     cfg: DictConfig,
     prompt: dict,
-    teacher_run: engine.Teacher,
+    teacher: engine.Teacher,
     counts: dict,
     quotas: dict,
     rows: list[dict],
@@ -371,14 +370,14 @@ def write_card(
         "sources": {name: {**counts[name], "quota": quotas[name], "rows": made[name]} for name in counts},
         "rows": {"total": len(rows), "correct": sum(bool(row["correct"]) for row in rows)},
         "rejections": dict(rejections.most_common()),
-        "failed_requests": dict(teacher_run.outcome.failures),
+        "failed_requests": dict(teacher.outcome.failures),
         "requests": len(mine),
         "tokens": {k: sum(e[k] for e in mine) for k in ("tokens_in", "tokens_out")},
         "cost_usd": round(sum(e["cost_usd"] for e in mine), 4),
         "dates": {"first_response": times[0] if times else None, "last_response": times[-1] if times else None},
         "claire": run_folders.git_state(),
     }
-    run_folders.write_json(out / "summary.json", summary)
+    datafiles.write_json(out / "summary.json", summary)
     source_lines = [
         f"| {name} | {c['available']} | {c['overlap']} | {c['duplicate']} | {quotas[name]} | {made[name]} |"
         for name, c in counts.items()

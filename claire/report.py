@@ -21,9 +21,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, run_folders, stats
+from claire import ClaireError, datafiles, resolvers, run_folders, stats
 
-run_folders.register_resolvers()
+resolvers.register()
 # keys that do not change what a run measures: runs differing only in these are seeds of one experiment
 NOT_THE_EXPERIMENT = {
     "seed",
@@ -35,7 +35,7 @@ NOT_THE_EXPERIMENT = {
     "push_to_hub",
     "dry_run",
 }
-LABELS = {"base": "Base", "tuned": "Claire"}
+COMPARED = ("base", "tuned")  # the two models of a run's evaluation, as results.json names them
 RUN_FILES = ("report.md", "config.yaml", "metrics.json", "reference.json", "results.json")  # never written over
 
 
@@ -193,7 +193,7 @@ def evaluation_scores(evals: tuple[Path, ...]) -> dict[tuple[str, str, str], dic
         results = json.loads((folder / "results.json").read_text())
         here: dict[tuple[str, str, str], dict] = {}
         for row in results.get("rows", []):
-            if row.get("model") in LABELS:
+            if row.get("model") in COMPARED:
                 key = (row["task"].removeprefix("claire_"), row["metric"], row["filter"])
                 here.setdefault(key, {"eval": folder, "task": row["task"]})[row["model"]] = row["value"]
         for comparison in results.get("comparisons", []):
@@ -230,9 +230,7 @@ def item_scores(folder: Path, label: str, task: str, metric: str, filter_name: s
 @functools.cache
 def samples_log(path: Path) -> list[dict]:
     """The rows of an lm-eval samples log (read once per report: every metric and filter of a task is in it)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return datafiles.read_samples(path) if path.is_file() else []
 
 
 def paired_test(group: Group, key: tuple[str, str, str], alpha: float) -> dict | None:
@@ -247,22 +245,16 @@ def paired_test(group: Group, key: tuple[str, str, str], alpha: float) -> dict |
         if not found:
             return None
         result = {k: found[k] for k in ("diff", "ci_low", "ci_high", "p_mcnemar", "test", "n")}
-        return result | {"seed_ci": None, "significant": significant(result, None, alpha)}
-    items = {label: [item_scores(s["eval"], label, s["task"], key[1], key[2]) for s in per_run] for label in LABELS}
+        return result | {"seed_ci": None, "significant": stats.significant(result, alpha)}
+    items = {label: [item_scores(s["eval"], label, s["task"], key[1], key[2]) for s in per_run] for label in COMPARED}
     common = set.intersection(*(set(i) for lists in items.values() for i in lists))
     if not common:
         return None
     means = {label: [statistics.fmean(i[d] for i in lists) for d in sorted(common)] for label, lists in items.items()}
-    result = {k: v for k, v in stats.compare(means["base"], means["tuned"]).items() if k not in LABELS}
+    result = {k: v for k, v in stats.compare(means["base"], means["tuned"]).items() if k not in COMPARED}
     _, seed_ci = mean_ci([s["tuned"] - s["base"] for s in per_run])
     result |= {"test": f"sign test on item means over {len(per_run)} seeds", "seed_ci": seed_ci}
-    return result | {"significant": significant(result, seed_ci, alpha)}
-
-
-def significant(result: dict, seed_ci: float | None, alpha: float) -> bool:
-    """p below alpha, the items' CI without 0 and, across seeds, the per-seed differences' t-interval without 0."""
-    across_seeds = seed_ci is None or abs(result["diff"]) > seed_ci
-    return result["p_mcnemar"] < alpha and not result["ci_low"] <= 0 <= result["ci_high"] and across_seeds
+    return result | {"significant": stats.significant(result, alpha, seed_ci)}
 
 
 def published(group: Group) -> dict[tuple[str, str, str], dict]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from claire import ClaireError, run_folders
+from claire import ClaireError, datafiles, run_folders
 
 TIMINGS = ("runtime", "per_second", "wall_time", "tracker_run_id")  # they differ from run to run on any machine
 
@@ -110,7 +110,7 @@ def reproduce(folder: Path, overrides: list[str], output_dir: str | None = None,
         rows = [r for r in rows if r["saved"] is not None]  # a reference publishes only some numbers
     result = {"original": str(folder), "rerun": str(target), "overrides": overrides, "rtol": rtol}
     result |= {"identical": all(r["same"] for r in rows), "compared": rows}
-    run_folders.write_json(target / "reproduction.json", result)
+    datafiles.write_json(target / "reproduction.json", result)
     return result
 
 

@@ -1,10 +1,8 @@
-"""Run folders: where a run goes, and the files that make it self-describing."""
+"""Run folders: where a run goes, which folders it refuses, and the manifest that makes it self-describing."""
 
 import importlib.metadata
-import json
 import os
 import platform
-import re
 import subprocess
 import sys
 from datetime import datetime
@@ -13,11 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError
+from claire import ClaireError, configs, machine
 
 STARTED = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-# secret-looking keys (hf_token, api_key, ...), not the names of tokens (end_token, max_tokens)
-SECRET_KEY = re.compile(r"secret|password|api_?key|^(?:hf_|hub_|auth_|access_|api_)?token$", re.IGNORECASE)
 VERSIONED = ["claire", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "hydra-core", "omegaconf"]
 
 
@@ -36,33 +32,6 @@ def run_dir(root: str, resume: Any) -> str:
         if interrupted:
             return str(interrupted[0])
     return f"{root}/{STARTED}"
-
-
-def lora_tag(r: Any) -> str:
-    """Resolver for run names: 'r64', or 'full' without an adapter."""
-    return f"r{r}" if r else "full"
-
-
-def cpu_has_bf16(cpuinfo_file: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it torch emulates bf16 ~20x slower."""
-    try:
-        cpuinfo = cpuinfo_file.read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
-
-
-def if_cpu_bf16(native: Any, emulated: Any) -> Any:
-    """Resolver for CPU presets: the first value on a CPU with native bf16, else the second."""
-    return native if cpu_has_bf16() else emulated
-
-
-def register_resolvers() -> None:
-    """Make the resolvers of conf/train.yaml known to OmegaConf (idempotent)."""
-    OmegaConf.register_new_resolver("claire_if_cpu_bf16", if_cpu_bf16, replace=True)
-    OmegaConf.register_new_resolver("claire_run_dir", run_dir, use_cache=True, replace=True)
-    OmegaConf.register_new_resolver("claire_lora_tag", lora_tag, replace=True)
-    OmegaConf.register_new_resolver("claire_eval_dir", eval_dir, use_cache=True, replace=True)
 
 
 def eval_dir(run: Any, model_name: str, suite: str) -> str:
@@ -98,40 +67,7 @@ def check_run_dir(path: Path, cfg: DictConfig) -> str | None:
 
 def config_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
     """Dotted keys whose values differ, ignoring where the run lives and how it was started."""
-    flat_saved, flat_now = _flatten(OmegaConf.to_container(saved)), _flatten(resolved(cfg))
-    ignored = {"resume", "output_dir", "dry_run"}
-    keys = set(flat_saved) | set(flat_now)
-    return sorted(k for k in keys if k.split(".")[0] not in ignored and flat_saved.get(k) != flat_now.get(k))
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
-
-
-def resolved(cfg: DictConfig) -> dict:
-    """The config as plain data with interpolations resolved and anything secret-looking masked."""
-    return mask(OmegaConf.to_container(cfg, resolve=True))
-
-
-def mask(tree: Any) -> Any:
-    """Plain data with the values of secret-looking keys replaced by ***."""
-    if isinstance(tree, dict):
-        return {k: "***" if SECRET_KEY.search(str(k)) and v else mask(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [mask(v) for v in tree]
-    return tree
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file, fsync, rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    return configs.differences(OmegaConf.to_container(saved), configs.resolved(cfg))
 
 
 def git_state() -> dict[str, Any]:
@@ -168,7 +104,7 @@ def manifest(cfg: DictConfig, data: dict | None = None, packages: list[str] = VE
         "hardware": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
-            "cpu_bf16": cpu_has_bf16(),
+            "cpu_bf16": machine.cpu_has_bf16(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": torch.get_num_threads(),
             "gpus": gpus,

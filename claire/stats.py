@@ -5,10 +5,13 @@ reads lm-eval's per-item logs (`--log_samples`) and prints the comparison, overa
 """
 
 import argparse
-import json
 import math
 import random
 from pathlib import Path
+
+from claire.datafiles import read_samples as read_log
+
+LABELS = {"base": "Base", "tuned": "Claire", "model": "Model"}  # the models compared, as tables name them
 
 
 def mcnemar_p(base: list[float], tuned: list[float]) -> float:
@@ -48,10 +51,15 @@ def compare(base: list[float], tuned: list[float]) -> dict[str, float]:
     }
 
 
+def significant(result: dict, alpha: float, seed_ci: float | None = None) -> bool:
+    """p below alpha, the items' CI without 0 and, across seeds, the per-seed differences' t-interval without 0."""
+    across_seeds = seed_ci is None or abs(result["diff"]) > seed_ci
+    return result["p_mcnemar"] < alpha and not result["ci_low"] <= 0 <= result["ci_high"] and across_seeds
+
+
 def read_samples(path: Path) -> dict[int, dict]:
     """lm-eval's per-item log, by doc_id."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {row["doc_id"]: row for row in rows}
+    return {row["doc_id"]: row for row in read_log(path)}
 
 
 def paired(base: dict[int, dict], tuned: dict[int, dict], metric: str, by: str | None) -> dict[str, dict]:

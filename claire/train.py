@@ -11,10 +11,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from claire import ClaireError, run_folders
+from claire import ClaireError, resolvers
 from claire.training import checks
 
-run_folders.register_resolvers()
+resolvers.register()
 
 
 def run(cfg: DictConfig) -> float:

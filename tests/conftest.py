@@ -41,7 +41,7 @@ def compose_evaluate(*overrides: str) -> DictConfig:
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The embedded SmolLM2 converted once from its GGUF file (cached under ~/.cache/claire)."""
-    from claire.training import models
+    from claire import models
 
     return Path(models.model_path(compose_train().model))
 

@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 
 from claire.causal.questions import SAMPLE_PATH, STORIES, STRUCTURE_TYPES, generate_rows
-from claire.training.preprocess import split_trace
+from claire.traces import split_trace
 
 ROWS = [json.loads(line) for line in SAMPLE_PATH.read_text().splitlines()]
 

@@ -10,7 +10,7 @@ from conftest import CONF, ROOT, compose_evaluate, compose_generate, compose_tra
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, evaluate, generate, run_folders
+from claire import ClaireError, configs, evaluate, generate, machine
 from claire.training import checks
 
 COMMANDS = ("train", "evaluate", "generate", "report")  # the primary configs conf/<command>.yaml
@@ -264,7 +264,7 @@ def test_default_run_name_and_folder():
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_precision_follows_the_cpu(native, monkeypatch):
     # bf16 only where the CPU has it natively: emulated bf16 on AVX2-only CPUs is ~20x slower than float32
-    monkeypatch.setattr(run_folders, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: native)
     cfg = compose_train()
     assert cfg.trainer.bf16 is native
     assert cfg.model.dtype == ("bfloat16" if native else "float32")
@@ -277,8 +277,8 @@ def test_cpu_precision_follows_the_cpu(native, monkeypatch):
 def test_cpu_bf16_reads_the_cpu_flags(flags, native, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
-    assert run_folders.cpu_has_bf16(cpuinfo) is native
-    assert run_folders.cpu_has_bf16(tmp_path / "absent") is False
+    assert machine.cpu_has_bf16(cpuinfo) is native
+    assert machine.cpu_has_bf16(tmp_path / "absent") is False
 
 
 @pytest.mark.parametrize(
@@ -359,7 +359,7 @@ def test_secrets_are_masked_and_names_of_tokens_kept():
         {"hf_token": "hf_abc", "token": "t", "api_key": "sk-1", "password": "p", "client_secret": "s",
          "model": {"end_token": "<|im_end|>", "key_env": "OPENAI_API_KEY"}, "api": {"max_tokens": 5}}
     )  # fmt: skip
-    shown = run_folders.resolved(cfg)
+    shown = configs.resolved(cfg)
     assert [shown[k] for k in ("hf_token", "token", "api_key", "password", "client_secret")] == ["***"] * 5
     assert (
         shown["model"] == {"end_token": "<|im_end|>", "key_env": "OPENAI_API_KEY"} and shown["api"]["max_tokens"] == 5

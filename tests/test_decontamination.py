@@ -40,13 +40,13 @@ def test_case_and_punctuation_do_not_hide_a_match():
     assert decontamination.ngrams(f"({shouted})") <= train
 
 
-def test_short_items_are_skipped_and_counted():
-    train = decontamination.training_ngrams([TRAIN])
-    items = {"0": words(0, 12), "1": words(0, 13), "2": "too short"}
+def test_short_items_are_counted_and_match_only_a_copy():
+    train = decontamination.training_ngrams([TRAIN, "How many apples?"])
+    items = {"0": words(0, 12), "1": words(0, 13), "2": "too short", "3": "how many APPLES"}
     result = decontamination.overlap(train, items)
-    assert (result["items"], result["short"], result["contaminated"], result["examples"]) == (3, 2, 1, ["1"])
-    assert result["share"] == pytest.approx(1 / 3)
-    assert decontamination.ngrams(words(0, 12)) == set()
+    assert (result["items"], result["short"], result["contaminated"], result["examples"]) == (4, 3, 2, ["1", "3"])
+    assert result["share"] == pytest.approx(2 / 4)
+    assert len(decontamination.ngrams(words(0, 12))) == 1 and decontamination.ngrams("") == set()
 
 
 def test_share_and_examples_are_sorted_by_numeric_id():

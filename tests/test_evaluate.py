@@ -272,7 +272,7 @@ def test_api_backend_with_the_judge_counts_false_wrong_and_disagreements(trained
 
 
 def test_bad_data_fails_before_any_model_loads(tmp_path, monkeypatch):
-    from claire.training import models
+    from claire import models
 
     def no_loading(*_):
         raise AssertionError("a model was loaded")
@@ -306,7 +306,7 @@ def test_runs_with_special_markers_decode_them_on_the_hf_backend(trained, tiny_m
     from transformers import AutoTokenizer
 
     from claire.evaluation.hf_model import ClaireHFLM
-    from claire.training.models import SPECIAL_MARKERS
+    from claire.traces import TRACE_TAGS
 
     run_dir = tmp_path / "special"
     shutil.copytree(trained / "adapter", run_dir / "adapter")
@@ -318,7 +318,7 @@ def test_runs_with_special_markers_decode_them_on_the_hf_backend(trained, tiny_m
         "tuned": "claire-hf",
     }
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.add_tokens(SPECIAL_MARKERS, special_tokens=True)
+    tokenizer.add_tokens(list(TRACE_TAGS), special_tokens=True)
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     ids = tokenizer("<think>\nA -> B</think>\nyes<|im_end|>", add_special_tokens=False)["input_ids"]
     args = {"pretrained": str(tiny_model_dir), "tokenizer": str(tmp_path / "tokenizer"), "device": "cpu"}

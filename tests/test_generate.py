@@ -10,7 +10,7 @@ import pytest
 from conftest import CONF, ROOT, compose_train
 from hydra import compose, initialize_config_dir
 
-from claire import ClaireError
+from claire import ClaireError, datafiles
 from claire.generate import run, shape
 from claire.training import preprocess
 
@@ -54,7 +54,7 @@ def test_same_seed_same_dataset(generated, tmp_path):
 
 def test_the_data_option_reads_it(generated):
     cfg = compose_train("data=causal", f"data.path={generated}")
-    loaded = preprocess.load_raw(cfg.data)
+    loaded = datafiles.load_raw(cfg.data)
     assert len(loaded["train"]) > 750 and len(loaded["eval"]) > 50
     kept, dropped = preprocess.prepare_split(loaded["eval"], cfg.data, "native")
     assert len(kept) == len(loaded["eval"]) and not dropped

@@ -20,7 +20,7 @@ from conftest import CONF, ROOT, compose_train
 from hydra import compose, initialize_config_dir
 from scripted_server import ScriptedServer
 
-from claire import ClaireError
+from claire import ClaireError, datafiles
 from claire.generate import allocate, run
 from claire.teacher import engine
 from claire.training import preprocess
@@ -91,7 +91,7 @@ def test_pipeline_verifies_retries_and_writes_a_dataset_data_can_load(questions,
     assert "v2-reconstructed" in card and summary["prompt"]["hash"] in card and "wrong_answer 1" in card
     # the foundation's data= option reads it directly
     cfg = compose_train("data=v2", f"data.path={out}")
-    raw = preprocess.load_raw(cfg.data)
+    raw = datafiles.load_raw(cfg.data)
     prepared, dropped = preprocess.prepare_split(raw["train"], cfg.data, "native")
     assert len(prepared) == 18 and not dropped
     assert prepared[0]["completion"][0]["content"].startswith("<|im_start|>think")

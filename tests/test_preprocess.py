@@ -8,16 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from claire import ClaireError
-from claire.training.preprocess import (
-    MalformedTrace,
-    check_drops,
-    convert_trace,
-    drop_too_long,
-    load_raw,
-    prepare_split,
-    split_trace,
-    to_conversation,
-)
+from claire.datafiles import load_raw
+from claire.traces import MalformedTrace, convert_trace, split_trace
+from claire.training.preprocess import check_drops, drop_too_long, prepare_split, to_conversation
 
 TRACE = "<think>Rain wets the grass.\n<causality>\nRain -> Wet\n</causality>\nSo wet.\n</think>\nThe answer is yes."
 

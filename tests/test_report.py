@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, compose_train
 from omegaconf import OmegaConf
 
-from claire import ClaireError, report, run_folders, stats
+from claire import ClaireError, configs, datafiles, report, stats
 
 REFERENCES = ROOT / "experiments" / "report"
 GSM8K = ("claire_gsm8k", "exact_match", "strict-match")
@@ -34,10 +34,10 @@ def write_run(folder: Path, seed: int = 1, run_name: str = "exp", rows: dict | N
     fine-tuned. rows: {(task, metric, filter): (base, tuned)}; items: {(task, metric, filter): {doc: (b, t)}}."""
     cfg = compose_train(f"seed={seed}", f"run_name={run_name}", f"output_dir={folder}", *extra.get("overrides", []))
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_folders.resolved(cfg))))
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(configs.resolved(cfg))))
     history = [{"loss": 2.0 - i / 4, "step": i} for i in range(1, 5)] + [{"eval_loss": 1.4, "step": 4}]
     metrics = {"eval_loss": 1.4, "trainable_params": 1234, "total_params": 99999, "history": history}
-    run_folders.write_json(folder / "metrics.json", metrics | extra.get("metrics", {}))
+    datafiles.write_json(folder / "metrics.json", metrics | extra.get("metrics", {}))
     if not extra.get("evaluated", True):
         return folder
     evaluation = folder / "eval" / "report-2026"
@@ -50,7 +50,7 @@ def write_run(folder: Path, seed: int = 1, run_name: str = "exp", rows: dict | N
         for k, v in rows.items() for i, label in enumerate(("base", "tuned"))
     ]  # fmt: skip
     comparisons = extra.get("comparisons", [])
-    run_folders.write_json(evaluation / "results.json", {"rows": result_rows, "comparisons": comparisons})
+    datafiles.write_json(evaluation / "results.json", {"rows": result_rows, "comparisons": comparisons})
     for (task, metric, filter_name), docs in (items or {}).items():
         for i, label in enumerate(("base", "tuned")):
             with open(evaluation / label / f"samples_{task}.jsonl", "a") as f:
@@ -97,7 +97,7 @@ def test_the_reference_runs_are_frozen_from_the_experiment_configs():
     for folder in sorted(REFERENCES.glob("claire-*")):
         cfg = compose_train(f"experiment={folder.name}", f"output_dir=experiments/report/{folder.name}")
         frozen = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
-        assert frozen == run_folders.resolved(cfg), f"rerun `sh experiments/report/freeze.sh`: {folder.name} drifted"
+        assert frozen == configs.resolved(cfg), f"rerun `sh experiments/report/freeze.sh`: {folder.name} drifted"
         reference = json.loads((folder / "reference.json").read_text())
         assert reference["run_name"] == folder.name == frozen["run_name"]
         assert reference["model"] == frozen["model"]["name"]
@@ -191,7 +191,7 @@ def test_an_evaluation_typed_with_a_relative_run_path_is_found_from_anywhere(tmp
     (evaluation / "config.yaml").write_text("run: experiments/x/r\n")  # as typed in tmp_path
     rows = [{"model": m, "task": "gsm8k", "metric": "exact_match", "filter": "strict-match", "value": v}
             for m, v in (("base", 0.5), ("tuned", 0.6))]  # fmt: skip
-    run_folders.write_json(evaluation / "results.json", {"rows": rows, "comparisons": []})
+    datafiles.write_json(evaluation / "results.json", {"rows": rows, "comparisons": []})
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     (found,) = report.find_runs([str(tmp_path / "experiments")])
@@ -244,7 +244,7 @@ def test_an_evaluation_outside_the_run_folder_is_found_by_its_run(tmp_path):
     (elsewhere / "config.yaml").write_text(f"run: {folder}\n")
     rows = [{"model": m, "task": "gsm8k", "metric": "exact_match", "filter": "strict-match", "value": v}
             for m, v in (("base", 0.5), ("tuned", 0.6))]  # fmt: skip
-    run_folders.write_json(elsewhere / "results.json", {"rows": rows, "comparisons": []})
+    datafiles.write_json(elsewhere / "results.json", {"rows": rows, "comparisons": []})
     line = table_line(make_report(tmp_path, tmp_path / "runs", tmp_path / "evals"), "gsm8k")
     assert "| 0.500 | 0.600 |" in line
 

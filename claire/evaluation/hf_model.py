@@ -10,7 +10,7 @@ from typing import Any
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from claire.training.models import SPECIAL_MARKERS
+from claire.traces import TRACE_TAGS
 
 
 @register_model("claire-hf")
@@ -22,6 +22,6 @@ class ClaireHFLM(HFLM):
         if not skip_special_tokens:
             return super().tok_decode(tokens, skip_special_tokens=False)
         vocab = self.tokenizer.get_vocab()
-        kept = {vocab[marker] for marker in SPECIAL_MARKERS if marker in vocab}
+        kept = {vocab[marker] for marker in TRACE_TAGS if marker in vocab}
         dropped = set(self.tokenizer.all_special_ids) - kept
         return self.tokenizer.decode([t for t in tokens if t not in dropped], skip_special_tokens=False)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ import openai
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from claire import ClaireError, cache_root
-from claire.teacher.engine import FATAL, client_of, describe
+from claire import ClaireError, cache_root, datafiles
+from claire.openai_client import FATAL, client_of, describe
 
 FIELDS = {"question": "question", "gold": "gold_answer", "output": "model_output"}  # item key -> tag and placeholder
 PLACEHOLDER = re.compile(r"\{(" + "|".join(FIELDS.values()) + r")\}")
@@ -135,16 +134,6 @@ def read_cache(path: Path) -> dict | None:
         return None
 
 
-def write_cache(path: Path, record: dict) -> None:
-    """Write a verdict atomically: a temporary file in the same folder, fsynced, renamed over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as file:
-        json.dump(record, file, ensure_ascii=False)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(file.name, path)
-
-
 def scrubbed(error: Exception, secret: str | None) -> str:
     """describe(error) with the API key masked, should a server echo it back."""
     text = describe(error)
@@ -180,7 +169,9 @@ async def ask_all(requests: dict[str, dict], cfg: DictConfig, progress: bool) ->
             answer, text = await ask(client, request, secret)
         if text is not None:
             record = {"model": cfg.model, "prompt_version": cfg.prompt_version, "reply": text}
-            write_cache(cache_path(cfg, key), record | {k: answer[k] for k in ("equivalent", "trace_score", "reason")})
+            datafiles.write_json(
+                cache_path(cfg, key), record | {k: answer[k] for k in ("equivalent", "trace_score", "reason")}
+            )
         bar.update()
         return key, answer
 

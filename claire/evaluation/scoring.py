@@ -17,8 +17,6 @@ from claire import ClaireError, answers, stats
 
 STRICT, CLAIRE, JUDGE = "strict-match", "claire", "judge"
 INVALID = "[invalid]"  # lm-eval's (and the claire filter's) mark for "no answer found"
-LABELS = {"base": "Base", "tuned": "Claire", "model": "Model"}
-ALPHA = 0.05
 log = logging.getLogger("claire.evaluate")
 
 
@@ -46,7 +44,7 @@ def score(cfg: DictConfig, evaluated: dict[str, dict], out: Path) -> dict[str, A
             disagreements += find_disagreements(label, task, items[label], results["samples"].get(task, []))
     both = {"base", "tuned"} <= set(items)
     better = next(iter(evaluated.values())).get("higher_is_better", {})
-    comparisons = compare_models(items, better) if both else []
+    comparisons = compare_models(items, better, cfg.alpha) if both else []
     for row in rows:  # a metric over a subset of the items (acc_rung1, acc_unseen_shape) counts its own items
         row["n"] = len(items[row["model"]].get((row["task"], row["metric"], row["filter"]), {})) or row["n"]
     if disagreements:
@@ -236,7 +234,7 @@ def prompt_mismatches(evaluated: dict[str, dict]) -> dict[str, int]:
     return found
 
 
-def compare_models(items: dict[str, dict], better: dict[str, dict]) -> list[dict]:
+def compare_models(items: dict[str, dict], better: dict[str, dict], alpha: float) -> list[dict]:
     """Base vs fine-tuned on the items both scored: difference, bootstrap 95% CI and an exact p per metric (McNemar
     on right/wrong items, which is the sign test on the items that differ; so named for graded metrics)."""
     found = []
@@ -246,7 +244,7 @@ def compare_models(items: dict[str, dict], better: dict[str, dict]) -> list[dict
         if not common or key[1] == "judge_errors":
             continue
         result = stats.compare([base[d] for d in common], [tuned[d] for d in common])
-        significant = result["p_mcnemar"] < ALPHA and not result["ci_low"] <= 0 <= result["ci_high"]
+        significant = stats.significant(result, alpha)
         binary = {base[d] for d in common} | {tuned[d] for d in common} <= {0.0, 1.0}
         found.append(
             {"task": key[0], "metric": key[1], "filter": key[2], **result, "significant": significant}
@@ -286,7 +284,7 @@ def summary(cfg: DictConfig, evaluated: dict[str, dict], report: dict) -> str:
     compared = {(c["task"], c["metric"], c["filter"]): c for c in report["comparisons"]}
     title = f"# Claire evaluation: {cfg.model.name}" + (f" (run {cfg.run})" if cfg.run else "")
     lines = [title, "", _settings_line(cfg, evaluated), ""]
-    header = ["Benchmark", "Metric", "n", *(LABELS[label] for label in labels)]
+    header = ["Benchmark", "Metric", "n", *(stats.LABELS[label] for label in labels)]
     if compared:
         header += ["Difference [95% CI]", "p (test)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -354,7 +352,7 @@ def _failure_lines(report: dict) -> list[str]:
     ]
     lines.append("|---|---|---|---|---|---|")
     for f in report["format_failures"]:
-        cells = [LABELS[f["model"]], f["task"], f["n"], f["no_marker"], f["no_answer"], f["runaway"]]
+        cells = [stats.LABELS[f["model"]], f["task"], f["n"], f["no_marker"], f["no_answer"], f["runaway"]]
         lines.append("| " + " | ".join("—" if c is None else str(c) for c in cells) + " |")
     return lines
 
@@ -366,7 +364,9 @@ def _false_wrong_lines(report: dict) -> list[str]:
     lines += ["| Model | Task | n | Claire's reader says right | and the judge agrees |", "|---|---|---|---|---|"]
     for f in report["false_wrong"]:
         judged = "no judge" if f["false_wrong"] is None else f["false_wrong"]
-        lines.append(f"| {LABELS[f['model']]} | {f['task']} | {f['n']} | {f['strict_wrong_claire_right']} | {judged} |")
+        lines.append(
+            f"| {stats.LABELS[f['model']]} | {f['task']} | {f['n']} | {f['strict_wrong_claire_right']} | {judged} |"
+        )
     if report["disagreements"]:
         lines += ["", f"{len(report['disagreements'])} items where the reader and the judge disagree: disagreements.md"]
     return lines
@@ -376,7 +376,7 @@ def disagreements_page(found: list[dict]) -> str:
     """A Markdown list of the items where Claire's reader and the judge disagree."""
     lines = ["# Claire's answer reader vs the judge", ""]
     for d in found:
-        lines += [f"## {LABELS[d['model']]} · {d['task']} · doc {d['doc_id']}", ""]
+        lines += [f"## {stats.LABELS[d['model']]} · {d['task']} · doc {d['doc_id']}", ""]
         verdict = "right" if d["claire"] else "wrong"  # a right answer is filtered to the gold's own form
         lines += [f"gold `{d['gold'][-200:]}` · Claire's reader: `{d['claire_read']}` ({verdict})"]
         lines += [f"· judge says {'right' if d['judge'] else 'wrong'}", "", "```", d["output"][-1500:], "```", ""]

@@ -11,7 +11,6 @@ import asyncio
 import fcntl
 import hashlib
 import json
-import logging
 import math
 import os
 import time
@@ -27,9 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from claire import ClaireError
+from claire.openai_client import FATAL, REFUSED, describe
 
-FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
-REFUSED = (openai.BadRequestError, openai.UnprocessableEntityError)
 TERMINAL_BATCH = ("completed", "failed", "expired", "cancelled")
 BATCH_LIMIT = 50_000
 SETTINGS = ("temperature", "max_tokens", "seed", "extra_body")
@@ -546,18 +544,3 @@ class BatchState:
     def open_batches(self) -> list[str]:
         """Batches submitted and not yet collected."""
         return [batch for batch, collected in self.batches.items() if not collected]
-
-
-def client_of(api: DictConfig) -> Any:
-    """The openai async client; it retries 429, 5xx and timeouts itself with backoff."""
-    for name in ("httpx", "openai"):  # one INFO line per request would bury the progress bar
-        logging.getLogger(name).setLevel(logging.WARNING)
-    key = os.environ[api.key_env] if api.key_env else "not-needed"
-    return openai.AsyncOpenAI(base_url=api.base_url, api_key=key, timeout=api.timeout, max_retries=api.max_retries)
-
-
-def describe(error: Exception) -> str:
-    """A short description of an API error: its type and status, and the first line of its message."""
-    status = getattr(error, "status_code", None)
-    message = str(getattr(error, "message", "") or error).strip().splitlines()
-    return f"{type(error).__name__}{f' {status}' if status else ''}: {message[0][:120] if message else ''}".strip()

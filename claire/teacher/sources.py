@@ -19,9 +19,10 @@ from omegaconf import DictConfig
 
 from claire import ClaireError
 from claire.answers import last_boxed
-from claire.training.preprocess import _load_any
+from claire.choices import LETTERS, shuffled_options
+from claire.datafiles import load_any
+from claire.decontamination import ngrams
 
-LETTERS = "ABCDEFGHIJ"
 CHOICE_LINE = "Answer with the letter of the correct option."
 GATED = ("Idavidrein/gpqa",)  # hub datasets behind a terms-of-use click
 EVALUATION_SPLITS = ("test",)
@@ -58,12 +59,10 @@ def gsm8k(row: dict, seed: int = 0) -> dict | None:
 
 
 def gpqa(row: dict, seed: int = 0) -> dict | None:
-    """Idavidrein/gpqa: the correct and three incorrect answers, shuffled by a hash of seed and question."""
+    """Idavidrein/gpqa: the correct and three incorrect answers, in the order the evaluation tasks show them."""
     question = row["Question"].strip()
-    options = [row["Correct Answer"].strip(), *(row[f"Incorrect Answer {i}"].strip() for i in (1, 2, 3))]
-    order = sorted(range(len(options)), key=lambda i: digest(f"{seed}:{question}:{i}"))
-    shown = [options[i] for i in order]
-    gold = LETTERS[order.index(0)]
+    incorrect = [row[f"Incorrect Answer {i}"].strip() for i in (1, 2, 3)]
+    shown, gold = shuffled_options(question, row["Correct Answer"].strip(), incorrect)
     return question_row("gpqa", multiple_choice(question, shown), gold, "choice", shown, row.get("Record ID"))
 
 
@@ -117,13 +116,13 @@ SOURCES: dict[str, Callable[..., dict | None]] = {
 
 
 def _load(setting: str, path: str, config_name: str | None) -> dict:
-    """_load_any naming the setting to change, with the terms-and-token hint for gated hub datasets."""
+    """load_any naming the setting to change, with the terms-and-token hint for gated hub datasets."""
     how = "point it at a hub dataset id, a local .jsonl/.parquet file or a saved dataset folder"
     if setting.startswith("decontaminate."):
         how += f", or set {setting.removesuffix('.path')}=null to skip that evaluation set"
     if path.startswith(GATED) and not Path(path).exists():
         how += f"; {path} is gated: accept its terms on https://huggingface.co/datasets/{path} and set HF_TOKEN"
-    return _load_any(path, config_name, setting, how)
+    return load_any(path, config_name, setting, how)
 
 
 def _pick_split(label: str, path: str, loaded: dict, split: str | None) -> Any:
@@ -182,14 +181,6 @@ def load_references(specs: DictConfig) -> dict[str, list[str]]:
     return references
 
 
-def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    """The word n-grams of the lowercased text; a text shorter than n words is one n-gram of all its words."""
-    tokens = re.findall(r"\w+", text.lower())
-    if len(tokens) < n:
-        return {tuple(tokens)} if tokens else set()
-    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
-
-
 def normalise(text: str) -> str:
     """Lowercase with whitespace collapsed: the key for exact duplicates."""
     return " ".join(text.lower().split())
@@ -206,7 +197,7 @@ class Overlap:
         # Sets named in `exact` match whole questions only (normalised): template-generated suites such as the causal
         # one share 13-grams between different questions by construction (variable lists, edge lists, story graphs).
         self.n = n
-        self.index: dict[tuple[str, ...], set[str]] = defaultdict(set)
+        self.index: dict[int, set[str]] = defaultdict(set)
         self.whole: dict[str, set[str]] = defaultdict(set)
         self.boilerplate: dict[str, int] = {}
         for name, texts in references.items():

@@ -3,7 +3,7 @@
 from typing import Any
 
 from claire.answers import answer_matches
-from claire.training.preprocess import MalformedTrace, split_trace
+from claire.traces import MalformedTrace, split_trace
 
 
 def judge(row: dict, entry: dict, rules: Any) -> str:

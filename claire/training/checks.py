@@ -18,9 +18,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from claire import ClaireError, cache_root
+from claire.traces import MARKER_STYLES
 
 DTYPES = ("bfloat16", "float16", "float32")
-MARKERS = ("native", "special")
 CLASSES = {
     "SFTConfig": ("trl", "trl"),
     "LoraConfig": ("peft", "peft"),
@@ -138,7 +138,7 @@ def one_of(key: str, value: Any, allowed: tuple) -> None:
 def check_model(cfg: DictConfig) -> None:
     """Model keys that no library checks before loading weights."""
     one_of("model.dtype", cfg.model.dtype, DTYPES)
-    one_of("model.markers", cfg.model.markers, MARKERS)
+    one_of("model.markers", cfg.model.markers, MARKER_STYLES)
 
 
 def trainer_values(cfg: DictConfig, output_dir: str) -> dict[str, Any]:

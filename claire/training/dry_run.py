@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from claire import ClaireError, run_folders
+from claire import ClaireError, models, run_folders
 from claire.training import checks
 
 ARCHITECTURES = Path(__file__).parent / "architectures"
@@ -28,7 +28,6 @@ CUDA_CONTEXT = 1 * GB  # assumption: CUDA context, cuBLAS workspace, allocator f
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 # trl's fused LM head (trl.kernels.chunked_logprob): the logits are projected in tiles of 4096 tokens x 32768 columns
 HEAD_TILE = (4096, 32768)
-MARKER_MODULES = ["embed_tokens", "lm_head"]  # trained with markers=special, as claire.sft.build_trainer does
 
 
 @dataclass(frozen=True)
@@ -96,9 +95,8 @@ def adapt(model: Any, config: Any, lora: Any, markers: str) -> Any:
     import torch
     from peft import get_peft_model
 
-    if markers == "special":  # as claire.sft.build_trainer; the 4 added tokens' rows (< 0.01%) are left out
-        lora.modules_to_save = [*(lora.modules_to_save or []), *MARKER_MODULES]
-        lora.ensure_weight_tying = bool(config.get_text_config().tie_word_embeddings)
+    if markers == "special":  # as training does; the 4 added tokens' rows (< 0.01%) are left out
+        models.train_marker_embeddings(lora, config.get_text_config())
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft still asks transformers' deprecated checkpointing flag
         return get_peft_model(model, lora)  # as trl's SFTTrainer calls it

@@ -1,69 +1,18 @@
-"""Raw causality traces in, conversational prompt/completion rows out (the report's preprocessing)."""
+"""Raw causality traces in, conversational prompt/completion rows out (the report's preprocessing, section 3.3)."""
 
 import hashlib
 import json
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import datasets
 from omegaconf import DictConfig
 
 from claire import ClaireError
+from claire.traces import MalformedTrace, convert_trace
 
 log = logging.getLogger(__name__)
-
-PACKAGE_DATA = Path(__file__).parents[1] / "data"
-TRACE_TAGS = ("<think>", "</think>", "<causality>", "</causality>")
-NATIVE_MARKERS = {"think": "<|im_start|>think", "causality": "<|im_start|>causality", "answer": "<|im_start|>answer"}
-
-
-HOW_TO_POINT = (
-    "make it with `python -m claire.generate`, or point data.path at a hub dataset id, "
-    "a local .jsonl/.parquet file or a saved dataset folder"
-)
-
-
-class MalformedTrace(ValueError):
-    """A raw trace that cannot be converted; its message is the drop reason."""
-
-
-def split_trace(response: str) -> dict[str, str]:
-    """Cut '<think>A<causality>B</causality>C</think>D' into its parts; raise MalformedTrace(reason)."""
-    if not response or not response.strip():
-        raise MalformedTrace("empty")
-    counts = {tag: response.count(tag) for tag in TRACE_TAGS}
-    if any(n > 1 for n in counts.values()) or len(set(counts.values())) > 1:
-        raise MalformedTrace("unbalanced_tags")
-    if counts["<think>"] == 0:
-        raise MalformedTrace("missing_tags")
-    positions = [response.index(tag) for tag in ("<think>", "<causality>", "</causality>", "</think>")]
-    if positions != sorted(positions) or response[: positions[0]].strip():
-        raise MalformedTrace("misnested_tags")
-    before, rest = response.split("<think>", 1)[1].split("<causality>", 1)
-    causality, rest = rest.split("</causality>", 1)
-    after, answer = rest.split("</think>", 1)
-    if not answer.strip():
-        raise MalformedTrace("no_answer")
-    if not causality.strip():
-        raise MalformedTrace("empty_causality")
-    return {
-        k: v.strip()
-        for k, v in zip(("think", "causality", "after", "answer"), (before, causality, after, answer), strict=True)
-    }
-
-
-def convert_trace(response: str, markers: str = "native") -> str:
-    """The report's conversion: tags become ChatML markers (native) or stay as new special tokens (special)."""
-    parts = split_trace(response)
-    if markers == "special":
-        lines = ["<think>", parts["think"], "<causality>", parts["causality"], "</causality>", parts["after"]]
-        lines += ["</think>", parts["answer"]]
-    else:
-        lines = [NATIVE_MARKERS["think"], parts["think"], NATIVE_MARKERS["causality"], parts["causality"]]
-        lines += [parts["after"], NATIVE_MARKERS["answer"], parts["answer"]]
-    return "\n".join(line for line in lines if line)
 
 
 def to_conversation(question: str, completion: str, system_prompt: str | None = None) -> dict[str, list]:
@@ -71,56 +20,6 @@ def to_conversation(question: str, completion: str, system_prompt: str | None = 
     prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
     prompt.append({"role": "user", "content": question})
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": completion}]}
-
-
-def load_raw(data: DictConfig) -> dict[str, datasets.Dataset]:
-    """The train and eval splits of data.path: hub id, local file or folder, or claire:<packaged file>."""
-    splits = {"train": data.train_split, "eval": data.eval_split}
-    loaded = _load_any(str(data.path), data.config_name)
-    if data.split_column and set(loaded) == {"train"} and data.split_column in loaded["train"].column_names:
-        rows = loaded["train"]
-        loaded = {s: rows.filter(lambda r, s=s: r[data.split_column] == s) for s in set(splits.values())}
-    missing = [name for name in splits.values() if name not in loaded or len(loaded[name]) == 0]
-    if missing:
-        raise ClaireError(
-            f"data.path={data.path} has no rows for split(s) {missing}; it has {sorted(loaded)}: "
-            "set data.train_split / data.eval_split (or data.split_column) to match"
-        )
-    for field in (data.question_field, data.response_field):
-        if field not in loaded[data.train_split].column_names:
-            raise ClaireError(
-                f"data.path={data.path} has no column {field!r}; columns are "
-                f"{loaded[data.train_split].column_names}: set data.question_field / data.response_field"
-            )
-    limits = {"train": data.max_train_rows, "eval": data.max_eval_rows}
-    return {role: _first(loaded[name], limits[role]) for role, name in splits.items()}
-
-
-def _first(rows: datasets.Dataset, limit: int | None) -> datasets.Dataset:
-    return rows if limit is None or limit >= len(rows) else rows.select(range(limit))
-
-
-def _load_any(
-    path: str, config_name: str | None, setting: str = "data.path", how: str = HOW_TO_POINT
-) -> dict[str, datasets.Dataset]:
-    """Load a dataset from wherever `path` points; one-line error naming `setting` if nothing is there."""
-    if path.startswith("claire:"):
-        path = str(PACKAGE_DATA / f"{path.removeprefix('claire:')}.jsonl")
-    local = Path(path)
-    try:
-        if local.is_file():
-            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}[local.suffix]
-            return dict(datasets.load_dataset(kind, data_files=str(local)))
-        if (local / "dataset_dict.json").exists() or (local / "dataset_info.json").exists():
-            found = datasets.load_from_disk(str(local))
-            return dict(found) if isinstance(found, datasets.DatasetDict) else {"train": found}
-        if local.exists() or "/" in path:  # a folder of data files, or a hub id: the hub loading path
-            return dict(datasets.load_dataset(path, config_name))
-    except (FileNotFoundError, ValueError, KeyError, ConnectionError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        where = "" if local.exists() else "is no local file or folder, and "
-        raise ClaireError(f"{setting}={path} {where}could not be loaded ({reason}); {how}") from error
-    raise ClaireError(f"{setting}={path} does not exist; {how}")
 
 
 def prepare_split(rows: datasets.Dataset, data: DictConfig, markers: str) -> tuple[datasets.Dataset, Counter]:

@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer
 from trl import SFTTrainer
 
-from claire import ClaireError, run_folders
-from claire.training import checks, models, preprocess
+from claire import ClaireError, configs, datafiles, models, run_folders
+from claire.training import checks, preprocess
 
 log = logging.getLogger("claire.train")
 
@@ -48,7 +48,7 @@ def train(cfg: DictConfig, checked: dict) -> float:
 
         if writes_run_folder():
             pruned = {"pruned": True, "pruned_at_step": trainer.state.global_step}
-            run_folders.write_json(out / "metrics.json", metrics | pruned)
+            datafiles.write_json(out / "metrics.json", metrics | pruned)
         close_tracking(cfg, "pruned")
         raise optuna.TrialPruned(f"pruned at step {trainer.state.global_step}; run folder {out}")
     close_tracking(cfg, "finished")
@@ -82,21 +82,18 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
     tracker_id = None
     if writes_run_folder():
         if checkpoint is None:
-            (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_folders.resolved(cfg))))
-        run_folders.write_json(out / "data_report.json", data_report)
+            (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(configs.resolved(cfg))))
+        datafiles.write_json(out / "data_report.json", data_report)
         fingerprint = preprocess.fingerprint(train_set, eval_set)
         rows = data_report["kept"]
-        run_folders.write_json(
+        datafiles.write_json(
             out / "manifest.json",
             run_folders.manifest(cfg, {"path": str(cfg.data.path), "fingerprint": fingerprint, "rows": rows}),
         )
         tracker_id = start_tracking(cfg, out)
     model = models.load_model(cfg.model, quant, tokenizer)
     if lora is not None and cfg.model.markers == "special":
-        # New tokens need trained input and output embeddings. peft's trainable_token_indices would be lighter,
-        # but trl's fused LM-head loss reads lm_head.weight directly and would skip its deltas.
-        lora.modules_to_save = [*(lora.modules_to_save or []), "embed_tokens", "lm_head"]
-        lora.ensure_weight_tying = bool(model.config.get_text_config().tie_word_embeddings)
+        models.train_marker_embeddings(lora, model.config.get_text_config())
     trainer = ClaireSFTTrainer(
         model=model,
         args=args,
@@ -122,7 +119,7 @@ def everyone_checked(args: Any) -> None:
 
 def prepare_data(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any, dict]:
     """Raw traces -> prompt/completion splits, malformed and over-long rows dropped and counted."""
-    raw = preprocess.load_raw(cfg.data)
+    raw = datafiles.load_raw(cfg.data)
     max_length = cfg.trainer.max_length
     prepared, report = {}, {"dropped": {}, "kept": {}, "raw": {}}
     for split, rows in raw.items():
@@ -239,7 +236,7 @@ def finish(trainer: SFTTrainer, cfg: DictConfig, out: Path, wall: float, tracker
         metrics["merge_max_logit_diff"] = save_merged(trainer, out / "merged")
     if cfg.push_to_hub:
         push(trainer, cfg, out)
-    run_folders.write_json(out / "metrics.json", metrics)
+    datafiles.write_json(out / "metrics.json", metrics)
     return metrics
 
 

@@ -3,7 +3,7 @@
 from typing import Any
 
 from claire import ClaireError
-from claire.training.preprocess import _load_any
+from claire.datafiles import load_any
 
 HOW = "give JSONL or parquet files with gsm8k's fields (question, answer) as gsm8k_test_file / gsm8k_train_file"
 
@@ -13,7 +13,7 @@ def load(
 ) -> dict:
     """gsm8k's splits: the test (and train) files given in metadata, else the hub dataset."""
     if not gsm8k_test_file and not gsm8k_train_file:
-        return _load_any(hub_path, hub_name, "hub dataset", HOW)
+        return load_any(hub_path, hub_name, "hub dataset", HOW)
     if not gsm8k_test_file:
         raise ClaireError(f"gsm8k_train_file={gsm8k_train_file} is given without gsm8k_test_file; {HOW}")
     splits = {"test": one_split(gsm8k_test_file, "gsm8k_test_file")}
@@ -33,7 +33,7 @@ def load_few_shot(**kwargs: Any) -> dict:
 
 def one_split(path: str, key: str) -> Any:
     """The one split of a local data file (datasets calls it 'train')."""
-    found = _load_any(path, None, key, HOW)
+    found = load_any(path, None, key, HOW)
     if len(found) != 1:
         raise ClaireError(f"{key}={path} holds the splits {sorted(found)}; give a file with one split")
     split = next(iter(found.values()))

@@ -13,10 +13,11 @@ from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GgufConfig
 
 from claire import ClaireError, cache_root
+from claire.traces import TRACE_TAGS
+
+MARKER_MODULES = ["embed_tokens", "lm_head"]  # what markers=special trains besides the adapter
 
 log = logging.getLogger(__name__)
-
-SPECIAL_MARKERS = ["<think>", "</think>", "<causality>", "</causality>"]
 
 
 def model_path(model: DictConfig) -> str:
@@ -79,7 +80,7 @@ def load_tokenizer(model: DictConfig) -> Any:
     if model.end_token not in tokenizer.get_vocab():
         raise ClaireError(f"model.end_token={model.end_token} is not a token of {model.id}; use its end-of-turn token")
     if model.markers == "special":
-        tokenizer.add_tokens(SPECIAL_MARKERS, special_tokens=True)
+        tokenizer.add_tokens(list(TRACE_TAGS), special_tokens=True)
     return tokenizer
 
 
@@ -101,3 +102,11 @@ def load_model(model: DictConfig, quant: BitsAndBytesConfig | None, tokenizer: A
     if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
         lm.resize_token_embeddings(len(tokenizer))
     return lm
+
+
+def train_marker_embeddings(lora: Any, text_config: Any) -> None:
+    """markers=special: the adapter also trains the input embeddings and LM head, whose new rows are the markers."""
+    # peft's trainable_token_indices would be lighter, but trl's fused LM-head loss reads lm_head.weight directly
+    # and would skip its deltas.
+    lora.modules_to_save = [*(lora.modules_to_save or []), *MARKER_MODULES]
+    lora.ensure_weight_tying = bool(text_config.tie_word_embeddings)

@@ -1,0 +1,46 @@
+"""Configs as data: resolved and masked for saving, compared key by key, and which keys define an experiment."""
+
+import re
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# secret-looking keys (hf_token, api_key, ...), not the names of tokens (end_token, max_tokens)
+SECRET_KEY = re.compile(r"secret|password|api_?key|^(?:hf_|hub_|auth_|access_|api_)?token$", re.IGNORECASE)
+# where and how a run was started, not what it computes: a resumed run may differ from its record in these
+HOW_STARTED = ("output_dir", "resume", "dry_run")
+# runs differing only in these (and HOW_STARTED) are seeds of one experiment: same settings, same measurement
+NOT_THE_EXPERIMENT = (*HOW_STARTED, "seed", "threads", "tracking", "preview_examples", "push_to_hub")
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The config as plain data with interpolations resolved and anything secret-looking masked."""
+    return mask(OmegaConf.to_container(cfg, resolve=True))
+
+
+def mask(tree: Any) -> Any:
+    """Plain data with the values of secret-looking keys replaced by ***."""
+    if isinstance(tree, dict):
+        return {k: "***" if SECRET_KEY.search(str(k)) and v else mask(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [mask(v) for v in tree]
+    return tree
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict of dotted keys."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, value in tree.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+
+
+def differences(saved: dict, now: dict, ignored: tuple[str, ...] = HOW_STARTED) -> list[str]:
+    """Dotted keys whose values differ between two plain configs, leaving out the top-level keys `ignored`."""
+    flat_saved, flat_now = flatten(saved), flatten(now)
+    keys = set(flat_saved) | set(flat_now)
+    return sorted(k for k in keys if k.split(".")[0] not in ignored and flat_saved.get(k) != flat_now.get(k))
+
+
+def experiment(config: dict) -> dict:
+    """The part of a run's config that defines its experiment (everything but NOT_THE_EXPERIMENT)."""
+    return {k: v for k, v in config.items() if k not in NOT_THE_EXPERIMENT}
