@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from scripted_server import ScriptedServer  # noqa: E402
 
 from claire.teacher import engine  # noqa: E402
+from claire.teacher.ledger import Ledger  # noqa: E402
 
 
 def job(n: int, rpm: int | None, concurrency: int) -> engine.Job:
@@ -41,7 +42,7 @@ async def measure(server: ScriptedServer, n: int, rpm: int | None, concurrency: 
     """Requests per minute achieved from the first request to the last answer, and the 429s the server sent."""
     refused = server.counts["429"]
     with tempfile.TemporaryDirectory() as folder:
-        ledger = engine.Ledger(Path(folder) / "ledger.jsonl")
+        ledger = Ledger(Path(folder) / "ledger.jsonl")
         client = openai.AsyncOpenAI(base_url=server.url, api_key="bench", max_retries=6)
         teacher = engine.Teacher(job(n, rpm, concurrency), ledger, client, progress=False)
         start = time.monotonic()

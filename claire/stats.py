@@ -7,8 +7,10 @@ reads lm-eval's per-item logs (`--log_samples`) and prints the comparison, overa
 import argparse
 import math
 import random
+import sys
 from pathlib import Path
 
+from claire import ClaireError
 from claire.datafiles import read_samples as read_log
 
 LABELS = {"base": "Base", "tuned": "Claire", "model": "Model"}  # the models compared, as tables name them
@@ -75,16 +77,20 @@ def paired(base: dict[int, dict], tuned: dict[int, dict], metric: str, by: str |
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Print the paired comparison of two lm-eval sample logs."""
-    parser = argparse.ArgumentParser(description="Paired comparison of two lm-eval sample logs.")
+    parser = argparse.ArgumentParser(prog="python -m claire.stats", description=__doc__.splitlines()[0])
     parser.add_argument("base", type=Path)
     parser.add_argument("tuned", type=Path)
     parser.add_argument("--metric", default="acc")
     parser.add_argument("--by", default=None, help="a doc field to break the comparison down by, e.g. rung")
-    opts = parser.parse_args()
-    base = read_samples(opts.base)
-    table = paired(base, read_samples(opts.tuned), opts.metric, opts.by)
+    opts = parser.parse_args(argv)
+    try:
+        base = read_samples(opts.base)
+        table = paired(base, read_samples(opts.tuned), opts.metric, opts.by)
+    except (ClaireError, OSError, KeyError, ValueError) as error:
+        print(f"claire.stats: error: {error}", file=sys.stderr)
+        return 2
     values = {float(row[opts.metric]) for row in base.values()}
     # exact McNemar is the sign test on the items that differ; on a graded metric (graph_f1) call it that
     test = "McNemar p" if values <= {0.0, 1.0} else "sign test p"
@@ -95,7 +101,8 @@ def main() -> None:
             f"| {name} | {r['n']} | {r['base']:.3f} | {r['tuned']:.3f} | "
             f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_mcnemar']:.3g} |"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

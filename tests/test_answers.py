@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from claire.answers import answer_matches, causal_correct, equivalent, final_answer, has_answer_marker, read_answer
 from claire.causal.questions import generate_rows
-from claire.teacher.verification import judge
+from claire.teacher.verification import check_trace
 
 
 @pytest.mark.parametrize(
@@ -182,4 +182,4 @@ GOOD = "<think>\nGiven 3 and 4.\n<causality>\nBuying more apples -> more apples.
 )
 def test_judge_rejects_with_a_reason(content, finish, verdict):
     row = {"gold": "7", "kind": "number"}
-    assert judge(row, {"content": content, "finish_reason": finish}, RULES) == verdict
+    assert check_trace(row, {"content": content, "finish_reason": finish}, RULES) == verdict

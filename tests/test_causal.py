@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from claire.causal.questions import SAMPLE_PATH, STORIES, STRUCTURE_TYPES, generate_rows
+from claire.causal.questions import SAMPLE_PATH, SAMPLE_ROWS, STORIES, STRUCTURE_TYPES, generate_rows
 from claire.traces import split_trace
 
 ROWS = [json.loads(line) for line in SAMPLE_PATH.read_text().splitlines()]
@@ -31,7 +31,7 @@ def variables(row):
 def test_the_shipped_file_is_what_the_generator_writes(tmp_path):
     from claire.causal.questions import write_jsonl
 
-    write_jsonl(generate_rows(240, seed=0), tmp_path / "s.jsonl")
+    write_jsonl(generate_rows(SAMPLE_ROWS, seed=0), tmp_path / "s.jsonl")
     assert (tmp_path / "s.jsonl").read_bytes() == SAMPLE_PATH.read_bytes()
 
 

@@ -10,7 +10,9 @@ from conftest import CONF, ROOT, compose_evaluate, compose_generate, compose_tra
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, configs, evaluate, generate, machine
+from claire import ClaireError, configs, evaluate, machine
+from claire.causal import suite
+from claire.teacher import pipeline
 from claire.training import checks
 
 COMMANDS = ("train", "evaluate", "generate", "report")  # the primary configs conf/<command>.yaml
@@ -96,10 +98,10 @@ def test_each_generate_option_composes_and_passes_checks(group, option, tmp_path
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     cfg = compose_generate(f"{group}={option}", f"out={tmp_path}")
     if cfg.source == "causal":
-        generate.check(cfg)
+        suite.check(cfg)
     else:
-        assert generate.check_api(cfg) is not None  # every teacher has a price (0 for local servers)
-        assert sum(generate.allocate(cfg.mix.train + cfg.mix.eval, dict(cfg.mix.weights), {}.fromkeys(
+        assert pipeline.check_teacher(cfg) is not None  # every teacher has a price (0 for local servers)
+        assert sum(pipeline.allocate(cfg.mix.train + cfg.mix.eval, dict(cfg.mix.weights), {}.fromkeys(
             cfg.mix.weights, 10**6)).values()) == cfg.mix.train + cfg.mix.eval  # fmt: skip
 
 

@@ -11,7 +11,8 @@ from conftest import CONF, ROOT, compose_train
 from hydra import compose, initialize_config_dir
 
 from claire import ClaireError, datafiles
-from claire.generate import run, shape
+from claire.causal.suite import shape
+from claire.generate import run
 from claire.training import preprocess
 
 

@@ -21,8 +21,10 @@ from hydra import compose, initialize_config_dir
 from scripted_server import ScriptedServer
 
 from claire import ClaireError, datafiles
-from claire.generate import allocate, run
+from claire.generate import run
 from claire.teacher import engine
+from claire.teacher.ledger import BatchState, Ledger
+from claire.teacher.pipeline import allocate
 from claire.training import preprocess
 
 NO_REFERENCES = [
@@ -160,7 +162,7 @@ def test_kill_9_midway_then_resume_asks_only_for_what_is_missing(questions, tmp_
 def test_torn_last_line_is_cut_off_and_appending_goes_on(tmp_path):
     path = tmp_path / "ledger.jsonl"
     path.write_text(json.dumps({"key": "a", "cost_usd": 1.5}) + "\n" + '{"key": "b", "cost_')
-    ledger = engine.Ledger(path)
+    ledger = Ledger(path)
     assert list(ledger.entries) == ["a"] and ledger.cost() == 1.5
     assert ledger.append({"key": "b", "cost_usd": 0.5}) and not ledger.append({"key": "a", "cost_usd": 9})
     ledger.close()
@@ -366,17 +368,17 @@ def test_pacer_waits_for_the_token_budget():
 
 
 def test_one_writer_per_ledger(tmp_path):
-    first = engine.Ledger(tmp_path / "ledger.jsonl")
+    first = Ledger(tmp_path / "ledger.jsonl")
     with pytest.raises(ClaireError, match="another claire.generate is writing"):
-        engine.Ledger(tmp_path / "ledger.jsonl")
+        Ledger(tmp_path / "ledger.jsonl")
     first.close()
-    engine.Ledger(tmp_path / "ledger.jsonl").close()
+    Ledger(tmp_path / "ledger.jsonl").close()
 
 
 def test_open_batches_must_be_collected_before_going_online(questions, tmp_path):
     out = tmp_path / "gen"
     out.mkdir()
-    engine.BatchState(out / "batches.jsonl").add("batch_9", 20)
+    BatchState(out / "batches.jsonl").add("batch_9", 20)
     with ScriptedServer(answer_for=answer_for) as server, pytest.raises(ClaireError, match="rerun with api.mode=batch"):
         run(compose_api(server, questions, out))
     assert server.counts["received"] == 0

@@ -122,14 +122,12 @@ def test_the_command_line_rewrites_a_folder_and_refuses_one_without_a_study(tmp_
     assert refused.stderr.startswith("claire.sweep: error: empty has no study.db and $CLAIRE_SWEEP_DATABASE")
 
 
-def test_usage_without_folders_and_with_help(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["sweep_report"])
+def test_usage_without_folders_and_with_help(capsys):
     with pytest.raises(SystemExit) as stopped:
-        summary.main()
+        summary.main([])
     assert stopped.value.code == 2 and capsys.readouterr().err.startswith("usage: python -m claire.sweep")
-    monkeypatch.setattr(sys, "argv", ["sweep_report", "--help"])
     with pytest.raises(SystemExit) as stopped:
-        summary.main()
+        summary.main(["--help"])
     assert stopped.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m claire.sweep")
 
 

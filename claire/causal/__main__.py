@@ -1,5 +1,5 @@
 """`python -m claire.causal`: rewrite the shipped sample (claire/data/causal_sample.jsonl); `make sample` runs it."""
 
-from claire.causal.questions import main
+from claire.causal.questions import write_sample
 
-raise SystemExit(main())
+write_sample()

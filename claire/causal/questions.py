@@ -5,11 +5,11 @@ a question about it, the gold answer computed from the graph, and a reference tr
 format: <think> ... <causality> the edges and the reasoning </causality> ... </think> answer.
 The sample's query types: direct_causes, root_cause, intervention (yes/no, balanced), confounder.
 The structure tier of the causal task suite adds ancestors, descendants, direct_or_indirect, mediators,
-colliders and d_separation over graphs of 3-8 variables (`--queries structure` or `all`).
-    python -m claire.causal [--n 240] [--seed 0] [--queries sample|structure|all] [--out FILE]
+colliders and d_separation over graphs of 3-8 variables (`queries=structure` or `all`).
+Data sets are made with `python -m claire.generate source=causal ...`; `python -m claire.causal` rewrites the
+shipped sample (claire/data/causal_sample.jsonl: 240 rows, seed 0, the sample's query types).
 """
 
-import argparse
 import itertools
 import json
 import math
@@ -20,6 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 
 SAMPLE_PATH = Path(__file__).parents[1] / "data" / "causal_sample.jsonl"
+SAMPLE_ROWS = 240
 QUERY_TYPES = ("direct_causes", "root_cause", "intervention", "confounder")
 STRUCTURE_TYPES = ("ancestors", "descendants", "direct_or_indirect", "mediators", "colliders", "d_separation")
 QUERY_SETS = {"sample": QUERY_TYPES, "structure": STRUCTURE_TYPES, "all": QUERY_TYPES + STRUCTURE_TYPES}
@@ -686,21 +687,7 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def main() -> None:
-    """Regenerate the shipped sample (or another file)."""
-    parser = argparse.ArgumentParser(description="Write causal questions with exact answers as JSONL.")
-    parser.add_argument("--n", type=int, default=240)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--queries", choices=sorted(QUERY_SETS), default="sample")
-    parser.add_argument("--verbalisation", choices=[*VERBALISATIONS, "mixed"], default="letters")
-    parser.add_argument(
-        "--out", type=Path, help="JSONL file to write (default: the shipped sample, for --queries sample)"
-    )
-    opts = parser.parse_args()
-    if opts.out is None and opts.queries != "sample":
-        parser.error(f"--queries {opts.queries} needs --out FILE; the default is the shipped sample's file")
-    opts.out = opts.out or SAMPLE_PATH
-    if opts.out.exists() and opts.out.resolve() != SAMPLE_PATH.resolve():
-        parser.error(f"--out {opts.out} already exists; choose a new file (generated data is never overwritten)")
-    write_jsonl(generate_rows(opts.n, opts.seed, queries=opts.queries, verbalisation=opts.verbalisation), opts.out)
-    print(f"wrote {opts.n} rows to {opts.out}")
+def write_sample() -> None:
+    """Rewrite the shipped sample from its fixed settings (deterministic: the file is the same on every machine)."""
+    write_jsonl(generate_rows(SAMPLE_ROWS, seed=0), SAMPLE_PATH)
+    print(f"wrote {SAMPLE_ROWS} rows to {SAMPLE_PATH}")

@@ -4,6 +4,7 @@ The sweeper writes the same when a sweep ends (hydra.sweeper.report=true); this 
 another sweeper is still adding trials to the study.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -137,17 +138,16 @@ def trial_table(study: optuna.Study) -> list[str]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """`python -m claire.sweep FOLDER...`: rewrite each sweep folder's summary, plots and report.md."""
-    usage = "usage: python -m claire.sweep sweeps/<study> [more sweep folders]"
-    folders = sys.argv[1:]
-    if not folders or folders[0] in ("-h", "--help"):
-        print(usage, file=sys.stdout if folders else sys.stderr)
-        raise SystemExit(0 if folders else 2)
-    for folder in folders:
+    parser = argparse.ArgumentParser(prog="python -m claire.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="sweep folders, e.g. sweeps/quick-cpu")
+    opts = parser.parse_args(argv)
+    for folder in opts.folders:
         try:
-            write_report(load(Path(folder)), Path(folder))
+            write_report(load(folder), folder)
         except ClaireError as error:
             print(f"claire.sweep: error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
-        print(f"claire.sweep: {Path(folder) / 'report.md'}")
+            return 2
+        print(f"claire.sweep: {folder / 'report.md'}")
+    return 0

@@ -3,16 +3,14 @@
 The ledger (ledger.jsonl in the output folder) is the only state. Each response is appended, flushed and fsynced
 as soon as it arrives, keyed by (source, id, prompt version, model, sample). A rerun reads it back and asks only
 for what is missing, so a run killed at any moment loses at most the requests that were still in flight.
-Rejection sampling: a question is asked again (next sample, next seed) until one trace passes the judge or
+Rejection sampling: a question is asked again (next sample, next seed) until one trace passes verification or
 `tries` samples are spent; a question that never passes is replaced by the next one of its source.
 """
 
 import asyncio
-import fcntl
 import hashlib
 import json
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,62 +25,11 @@ from tqdm.auto import tqdm
 
 from claire import ClaireError
 from claire.openai_client import FATAL, REFUSED, describe
+from claire.teacher.ledger import BatchState, Ledger, request_key
 
 TERMINAL_BATCH = ("completed", "failed", "expired", "cancelled")
 BATCH_LIMIT = 50_000
 SETTINGS = ("temperature", "max_tokens", "seed", "extra_body")
-
-
-def request_key(source: str, question_id: str, prompt_version: str, model: str, sample: int) -> str:
-    """The ledger key (and Batch API custom_id) of one request."""
-    return json.dumps([source, question_id, prompt_version, model, sample])
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The complete lines of an append-only JSONL file; a torn last line (killed mid-write) is cut off."""
-    data = path.read_bytes() if path.exists() else b""
-    complete = data.rfind(b"\n") + 1
-    if complete < len(data):
-        with path.open("r+b") as torn:
-            torn.truncate(complete)
-    return [json.loads(line) for line in data[:complete].splitlines() if line.strip()]
-
-
-def append_jsonl(file: Any, record: dict) -> None:
-    """Append one line and make it durable before returning."""
-    file.write(json.dumps(record, ensure_ascii=False) + "\n")
-    file.flush()
-    os.fsync(file.fileno())
-
-
-class Ledger:
-    """Append-only JSONL of responses, fsynced per line, read back on open."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file = path.open("a", encoding="utf-8")
-        try:  # one writer per ledger: a second run on the same folder would ask everything twice
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            raise ClaireError(f"another claire.generate is writing {path}; wait for it or choose another out") from None
-        self.entries = {entry["key"]: entry for entry in read_jsonl(path)}
-
-    def append(self, entry: dict) -> bool:
-        """Record one response durably; False when its key is already recorded (nothing is written twice)."""
-        if entry["key"] in self.entries:
-            return False
-        append_jsonl(self.file, entry)
-        self.entries[entry["key"]] = entry
-        return True
-
-    def cost(self) -> float:
-        """Dollars spent on everything recorded."""
-        return sum(entry.get("cost_usd", 0.0) for entry in self.entries.values())
-
-    def close(self) -> None:
-        """Close the file."""
-        self.file.close()
 
 
 def price_of(model: str, prices: dict) -> dict | None:
@@ -167,7 +114,7 @@ class Job:
     price: dict | None
     budget: float | None
     tries: int
-    judge: Callable[[dict, dict], str]  # (question row, ledger entry) -> "ok" or the rejection reason
+    verify: Callable[[dict, dict], str]  # (question row, ledger entry) -> "ok" or the rejection reason
 
 
 @dataclass
@@ -260,7 +207,7 @@ class Teacher:
         return self.ledger.entries[key]
 
     def refusal(self, error: Exception) -> dict:
-        """A chat.completion stand-in for a request the API refused (400/422): recorded free, judged 'refused'."""
+        """A chat.completion stand-in for a request the API refused (400/422): recorded free, checked as 'refused'."""
         message = {"content": ""}
         return {"choices": [{"message": message, "finish_reason": f"refused: {describe(error)}"}], "usage": {}}
 
@@ -272,13 +219,13 @@ class Teacher:
 
     def status(self, row: dict) -> tuple[str, int, dict | None, list[str]]:
         """From the ledger: ('accepted', sample, entry) | ('rejected', tries, None) | ('open', next sample, None),
-        with the verdicts of the samples judged so far."""
+        with the verdicts of the samples checked so far."""
         verdicts = []
         for sample in range(self.job.tries):
             entry = self.ledger.entries.get(self.key(row, sample))
             if entry is None:
                 return "open", sample, None, verdicts
-            verdicts.append(self.job.judge(row, entry))
+            verdicts.append(self.job.verify(row, entry))
             if verdicts[-1] == "ok":
                 return "accepted", sample, entry, verdicts
         return "rejected", self.job.tries, None, verdicts
@@ -359,7 +306,7 @@ class Teacher:
             entry = await self.ask(row, sample)
             if entry is None:
                 return "unfinished"
-            verdict = self.job.judge(row, entry)
+            verdict = self.job.verify(row, entry)
             if verdict != "ok":
                 self.outcome.rejections[verdict] += 1
 
@@ -433,8 +380,8 @@ class Teacher:
         pairs, rejections = self.accepted()
         self.progress.n = len(pairs)
         self.progress.refresh()
-        judged = len(pairs) + sum(rejections.values())
-        pass_rate = max(0.2, len(pairs) / judged) if judged else 1.0
+        checked = len(pairs) + sum(rejections.values())
+        pass_rate = max(0.2, len(pairs) / checked) if checked else 1.0
         done = Counter(row["source"] for row, _ in pairs)
         self.budget.reserved = 0.0  # every earlier batch is collected: nothing is in flight
         lines = []
@@ -516,31 +463,3 @@ class Teacher:
             self.record(line["custom_id"], self.refusal(ClaireError(f"{status}: {error}")), "batch")
         else:
             self.outcome.failures[f"batch line {status or (line.get('error') or {}).get('code', 'error')}"] += 1
-
-
-class BatchState:
-    """batches.jsonl: every batch this run submitted and whether its results are in the ledger (fsynced)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.batches: dict[str, bool] = {}
-        for record in read_jsonl(path):
-            self.batches[record["batch"]] = self.batches.get(record["batch"], False) or record["collected"]
-
-    def _write(self, record: dict) -> None:
-        with self.path.open("a") as file:
-            append_jsonl(file, record)
-
-    def add(self, batch_id: str, requests: int | None) -> None:
-        """Record a submitted batch (requests: None when it was found through the API's list)."""
-        self._write({"batch": batch_id, "collected": False, "requests": requests})
-        self.batches[batch_id] = False
-
-    def close_batch(self, batch_id: str) -> None:
-        """Record that a batch's results are in the ledger."""
-        self._write({"batch": batch_id, "collected": True})
-        self.batches[batch_id] = True
-
-    def open_batches(self) -> list[str]:
-        """Batches submitted and not yet collected."""
-        return [batch for batch, collected in self.batches.items() if not collected]

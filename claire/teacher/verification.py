@@ -1,4 +1,4 @@
-"""Judging a teacher's trace: tags well formed and nested, a final answer, a sane length, and the right answer."""
+"""Checking a teacher's trace: tags well formed and nested, a final answer, a sane length, and the right answer."""
 
 from typing import Any
 
@@ -6,7 +6,7 @@ from claire.answers import answer_matches
 from claire.traces import MalformedTrace, split_trace
 
 
-def judge(row: dict, entry: dict, rules: Any) -> str:
+def check_trace(row: dict, entry: dict, rules: Any) -> str:
     """'ok', or why the trace is rejected (refused, truncated, a MalformedTrace reason, too_short, too_long...)."""
     content, finish = entry.get("content") or "", str(entry.get("finish_reason"))
     if finish.startswith("refused"):

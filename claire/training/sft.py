@@ -62,9 +62,9 @@ def sweep_callback(trainer: SFTTrainer, cfg: DictConfig) -> Any:
     """In a sweep trial: report the objective at each evaluation to the study, stop when pruned (else None)."""
     if "CLAIRE_SWEEP_TRIAL" not in os.environ:
         return None
-    from claire.sweep import optuna_study
+    from claire import sweep
 
-    callback = optuna_study.pruning_callback(cfg.objective)
+    callback = sweep.pruning_callback(cfg.objective)
     trainer.add_callback(callback)
     return callback
 

@@ -2,10 +2,7 @@
 
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from claire import answers, generate, graphs
-from claire.causal import questions
+from claire import answers, causal, graphs
 
 
 def load(data_dir: str | None = None, n: int = 5000, seed: int = 0, **_: Any) -> dict:
@@ -14,12 +11,7 @@ def load(data_dir: str | None = None, n: int = 5000, seed: int = 0, **_: Any) ->
 
     if data_dir:
         return dict(datasets.load_from_disk(data_dir))
-    cfg = OmegaConf.load(generate.CONFIG)
-    cfg.n, cfg.seed = n, seed
-    rows = generate.assign_splits(
-        questions.generate_rows(n, seed, queries=cfg.queries, verbalisation=cfg.verbalisation), cfg
-    )
-    return {s: datasets.Dataset.from_list([r for r in rows if r["split"] == s]) for s in ("train", "eval", "test")}
+    return {split: datasets.Dataset.from_list(rows) for split, rows in causal.default_splits(n, seed).items()}
 
 
 def doc_to_text(doc: dict) -> str:
