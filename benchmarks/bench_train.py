@@ -42,7 +42,7 @@ def trl_run(steps: int, threads: int, out: Path) -> dict:
     """What a hand-written trl script does: model by path (fp32), trl's defaults, same data and hyperparameters.
 
     One change from trl's defaults, in the baseline's favour: bf16 autocast only where the CPU has native bf16
-    (trl's default bf16=True is ~20x slower on AVX2-only CPUs, which would make the ratio meaningless)."""
+    (trl's default bf16=True is ~24x slower on AVX2-only CPUs, which would make the ratio meaningless)."""
     import torch
     from hydra import compose, initialize_config_dir
     from peft import LoraConfig

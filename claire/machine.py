@@ -6,7 +6,7 @@ from typing import Any
 
 
 def cpu_has_bf16(cpuinfo_file: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it torch emulates bf16 ~20x slower."""
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it torch emulates bf16 ~24x slower."""
     try:
         cpuinfo = cpuinfo_file.read_text()
     except OSError:

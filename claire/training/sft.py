@@ -22,7 +22,7 @@ class ClaireSFTTrainer(SFTTrainer):
     """trl's SFTTrainer, training with the model's own loss on CPU."""
 
     def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
-        # trl's fused LM head has only a Triton kernel; its CPU fallback makes a step ~30% slower (see README "Speed")
+        # trl's fused LM head has only a Triton kernel; its CPU fallback makes a step ~30% slower (docs/results.md)
         if self.model.training and self.args.device.type == "cpu":
             inputs["use_cache"] = False
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)

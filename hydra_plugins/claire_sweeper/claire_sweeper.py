@@ -1,7 +1,7 @@
 """An Optuna sweeper for Hydra multirun: persistent study, study-wide trial budget, retries of dead trials, pruning.
 
 Why not hydra-optuna-sweeper: it pins optuna<3, whose database storage fails on SQLAlchemy 2; it counts n_trials per
-run, leaves killed trials RUNNING and cannot prune (see README, "Sweeps"). This one asks and tells trials itself:
+run, leaves killed trials RUNNING and cannot prune (see docs/sweeps.md). This one asks and tells trials itself:
 each trial is one Hydra job that learns its trial from the environment (claire.sweep), reports its objective during
 training to the shared study and stops when the pruner says so.
 """
