@@ -1,4 +1,4 @@
-"""What this machine offers that changes how a run is set up: native bf16 on the CPU."""
+"""What this machine offers that changes how a run is set up: a CUDA device, native bf16 on the CPU."""
 
 import re
 from pathlib import Path
@@ -17,3 +17,10 @@ def cpu_has_bf16(cpuinfo_file: Path = Path("/proc/cpuinfo")) -> bool:
 def if_cpu_bf16(native: Any, emulated: Any) -> Any:
     """The first value on a CPU with native bf16, else the second (the resolver of the CPU presets)."""
     return native if cpu_has_bf16() else emulated
+
+
+def has_cuda() -> bool:
+    """Whether torch sees a CUDA device."""
+    import torch
+
+    return torch.cuda.is_available()

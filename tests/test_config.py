@@ -10,8 +10,9 @@ from conftest import CONF, ROOT, compose_evaluate, compose_generate, compose_tra
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, configs, evaluate, machine
+from claire import ClaireError, configs, machine
 from claire.causal import suite
+from claire.evaluation import harness
 from claire.teacher import pipeline
 from claire.training import checks
 
@@ -111,7 +112,7 @@ def test_each_evaluate_option_composes_and_passes_checks(group, option, tmp_path
     cfg = compose_evaluate(f"{group}={option}", f"output_dir={tmp_path}")
     if cfg.backend.name == "api" and cfg.tasks is None:
         cfg.suite.tasks = ["claire_gsm8k_chat"]  # chat completions score generative tasks only (tested below)
-    names, _ = evaluate.check(cfg)
+    names, _ = harness.check(cfg)
     assert names == list(cfg.suite.tasks)
 
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import GSM8K, ROOT, compose_evaluate
 
 from claire import ClaireError, evaluate
+from claire.evaluation import harness
 
 pytest.importorskip("lm_eval")
 
@@ -120,7 +121,7 @@ def test_finished_results_are_never_overwritten(evaluated, trained):
 def test_bad_input_fails_in_one_line_before_any_model_loads(overrides, message, tmp_path):
     cfg = compose_evaluate(f"output_dir={tmp_path / 'out'}", "tasks=[claire_causal]", *overrides)
     with pytest.raises(ClaireError, match=message):
-        evaluate.check(cfg)
+        harness.check(cfg)
     assert not (tmp_path / "out").exists()
 
 
@@ -129,22 +130,22 @@ def test_a_run_without_its_adapter_is_refused(trained, tmp_path):
     broken.mkdir()
     (broken / "config.yaml").write_text((trained / "config.yaml").read_text())
     with pytest.raises(ClaireError, match=r"has no adapter/adapter_config.json; it has no adapter"):
-        evaluate.check(compose_evaluate(f"run={broken}", f"output_dir={tmp_path / 'out'}"))
+        harness.check(compose_evaluate(f"run={broken}", f"output_dir={tmp_path / 'out'}"))
     with pytest.raises(ClaireError, match=r"has no merged/config.json; train with merge=true"):
-        evaluate.check(compose_evaluate(f"run={trained}", "merged=true", f"output_dir={tmp_path / 'out'}"))
+        harness.check(compose_evaluate(f"run={trained}", "merged=true", f"output_dir={tmp_path / 'out'}"))
 
 
 def test_a_run_brings_its_base_model_and_the_output_goes_inside_it(trained):
     cfg = compose_evaluate(f"run={trained}", "tasks=[claire_causal]")
-    evaluate.check(cfg)
+    harness.check(cfg)
     assert cfg.model.name == "tiny" and cfg.model.id.endswith("tiny-llama0")
     assert cfg.output_dir.startswith(f"{trained}/eval/report-")
 
 
 def test_backends_get_the_adapter_their_own_way(trained, monkeypatch):
     cfg = compose_evaluate(f"run={trained}", "backend=vllm", "tasks=[claire_causal]")
-    evaluate.check(cfg)
-    chosen = evaluate.subjects(cfg)
+    harness.check(cfg)
+    chosen = harness.subjects(cfg)
     assert chosen["base"][0] == "vllm" and "lora_local_path" not in chosen["base"][1]
     engine = ("enable_lora", "max_lora_rank", "dtype", "max_model_len", "gpu_memory_utilization", "seed")
     assert [chosen["base"][1][k] for k in engine] == [chosen["tuned"][1][k] for k in engine]  # the same engine
@@ -152,16 +153,16 @@ def test_backends_get_the_adapter_their_own_way(trained, monkeypatch):
     monkeypatch.setenv("MY_SERVER_KEY", "sk-local")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     cfg = compose_evaluate(f"run={trained}", "backend=api", "backend.key_env=MY_SERVER_KEY", "tasks=[claire_causal]")
-    evaluate.check(cfg)
-    lm, args = evaluate.subjects(cfg)["tuned"]
+    harness.check(cfg)
+    lm, args = harness.subjects(cfg)["tuned"]
     assert lm == "local-chat-completions" and args["model"] == "claire"
     assert args["base_url"] == "http://127.0.0.1:8000/v1/chat/completions" and "sk-local" not in json.dumps(args)
-    with evaluate.server_key(cfg.backend):
+    with harness.server_key(cfg.backend):
         assert os.environ["OPENAI_API_KEY"] == "sk-local"  # where lm-eval's chat backend reads it, while it runs
     assert "OPENAI_API_KEY" not in os.environ
     monkeypatch.delenv("MY_SERVER_KEY")
     with pytest.raises(ClaireError, match="backend.key_env=MY_SERVER_KEY is not set in the environment"):
-        evaluate.check(cfg)
+        harness.check(cfg)
 
 
 def test_cli_error_is_one_line(tmp_path):
@@ -295,8 +296,8 @@ def test_vllm_refuses_an_adapter_with_trained_marker_embeddings(trained, tmp_pat
     config = (trained / "config.yaml").read_text().replace("markers: native", "markers: special")
     (run_dir / "config.yaml").write_text(config)
     with pytest.raises(ClaireError, match=r"vLLM's LoRA cannot load; evaluate its merged model"):
-        evaluate.check(compose_evaluate(f"run={run_dir}", "backend=vllm", "tasks=[claire_causal]"))
-    evaluate.check(compose_evaluate(f"run={run_dir}", "backend=hf", "tasks=[claire_causal]"))  # peft loads them
+        harness.check(compose_evaluate(f"run={run_dir}", "backend=vllm", "tasks=[claire_causal]"))
+    harness.check(compose_evaluate(f"run={run_dir}", "backend=hf", "tasks=[claire_causal]"))  # peft loads them
 
 
 def test_runs_with_special_markers_decode_them_on_the_hf_backend(trained, tiny_model_dir, tmp_path):
@@ -312,8 +313,8 @@ def test_runs_with_special_markers_decode_them_on_the_hf_backend(trained, tiny_m
     shutil.copytree(trained / "adapter", run_dir / "adapter")
     (run_dir / "config.yaml").write_text((trained / "config.yaml").read_text().replace("native", "special"))
     cfg = compose_evaluate(f"run={run_dir}", "tasks=[claire_causal]")
-    evaluate.check(cfg)
-    assert {label: lm for label, (lm, _) in evaluate.subjects(cfg).items()} == {
+    harness.check(cfg)
+    assert {label: lm for label, (lm, _) in harness.subjects(cfg).items()} == {
         "base": "claire-hf",
         "tuned": "claire-hf",
     }
@@ -345,8 +346,8 @@ def test_a_full_fine_tune_is_evaluated_as_a_whole_model(trained, tiny_model_dir,
     shutil.copytree(tiny_model_dir, run_dir / "adapter")  # lora=none saves the whole model
     (run_dir / "config.yaml").write_text((trained / "config.yaml").read_text())
     cfg = compose_evaluate(f"run={run_dir}", "tasks=[claire_causal]")
-    evaluate.check(cfg)
-    lm, args = evaluate.subjects(cfg)["tuned"]
+    harness.check(cfg)
+    lm, args = harness.subjects(cfg)["tuned"]
     assert args["pretrained"] == str(run_dir / "adapter") and "peft" not in args
 
 
