@@ -15,6 +15,7 @@ from conftest import ROOT, compose_train
 from omegaconf import OmegaConf
 
 from claire import ClaireError, configs, datafiles, report, stats
+from claire.reporting import experiments
 
 REFERENCES = ROOT / "experiments" / "report"
 GSM8K = ("claire_gsm8k", "exact_match", "strict-match")
@@ -194,7 +195,7 @@ def test_an_evaluation_typed_with_a_relative_run_path_is_found_from_anywhere(tmp
     datafiles.write_json(evaluation / "results.json", {"rows": rows, "comparisons": []})
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    (found,) = report.find_runs([str(tmp_path / "experiments")])
+    (found,) = experiments.find_runs([str(tmp_path / "experiments")])
     assert found.folder == folder and found.evals == [evaluation.resolve()]
 
 
@@ -227,11 +228,11 @@ def test_repeats_of_one_seed_count_once_and_pruned_trials_not_at_all(tmp_path):
     first = write_run(tmp_path / "a", seed=7, rows={GSM8K: (0.1, 0.2)})
     again = write_run(tmp_path / "b", seed=7, rows={GSM8K: (0.3, 0.4)})  # a reproduction: newer, same seed
     pruned = write_run(tmp_path / "c", seed=8, rows={GSM8K: (0.9, 0.9)}, metrics={"pruned": True})
-    groups = report.group_runs(report.find_runs([str(first), str(again), str(pruned)]))
+    groups = experiments.group_runs(experiments.find_runs([str(first), str(again), str(pruned)]))
     (group,) = groups
     assert [r.folder for r in group.runs] == [again] and [r.folder for r in group.repeats] == [first]
     reproduced = write_run(tmp_path / "d", seed=7, evaluated=False)  # a reproduction not evaluated yet
-    (group,) = report.group_runs(report.find_runs([str(first), str(again), str(reproduced)]))
+    (group,) = experiments.group_runs(experiments.find_runs([str(first), str(again), str(reproduced)]))
     assert [r.folder for r in group.runs] == [again] and {r.folder for r in group.repeats} == {first, reproduced}
     page = (make_report(tmp_path, first, again, reproduced) / "report.md").read_text()
     assert page.count("a repeat of this seed, not counted") == 2

@@ -9,6 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from claire.reporting.experiments import Group  # noqa: E402
+from claire.reporting.tables import metric_label  # noqa: E402
+
 TITLE = "Accuracy Comparison of Base vs SFT Model"  # the report's figure title
 COLOURS = {"base": "#8c8c8c", "claire": "#1f77b4"}
 
@@ -84,10 +87,8 @@ def loss_curves(history: list[dict], title: str, path: Path) -> bool:
     return True
 
 
-def draw(groups: list[Any], tables: dict[str, list[dict]], out: Path) -> dict[str, dict[str, str]]:
+def draw(groups: list[Group], tables: dict[str, list[dict]], out: Path) -> dict[str, dict[str, str]]:
     """Every figure of the report; {"bars": {file: title}, "loss": {file: title}}."""
-    from claire.report import metric_label
-
     drawn: dict[str, dict[str, str]] = {"bars": {}, "loss": {}}
     tables = {key: [r for r in rows if accuracy_like(r)] for key, rows in tables.items()}
     for group in groups:
