@@ -162,7 +162,7 @@ def test_a_reproduced_run_sits_beside_the_published_one_with_the_differences(tmp
     assert table_line(out, "gsm8k").endswith("| 0.22 | 0.31 | +0.030 | +0.040 |")
     assert "| claire-0.5b-v2 | qwen2.5-0.5b | 35M | 1,234 | 99,999 | 35,192,832 |" in (out / "report.md").read_text()
     row = next(r for r in csv_rows(out) if r["benchmark"] == "gsm8k")
-    assert float(row["claire_minus_published"]) == pytest.approx(0.04)
+    assert float(row["tuned_minus_published"]) == pytest.approx(0.04)
 
 
 def test_alpha_decides_what_is_significant(tmp_path):
@@ -178,7 +178,7 @@ def test_published_numbers_may_be_numbers_and_zero_is_a_number(tmp_path):
     reference = tmp_path / "ref"
     shutil.copytree(REFERENCES / "claire-0.5b-v2", reference)
     data = json.loads((reference / "reference.json").read_text())
-    data["evaluation"][0] |= {"base": 0.0, "claire": 0.31}
+    data["evaluation"][0] |= {"base": 0.0, "tuned": 0.31}
     (reference / "reference.json").write_text(json.dumps(data))
     assert (
         table_line(make_report(tmp_path, reference), "gsm8k") == "| gsm8k | exact_match (strict-match) | 0.0 | 0.31 |"
@@ -208,7 +208,7 @@ def test_experiments_sharing_a_run_name_keep_their_own_tables(tmp_path):
     twin = next(s for s in sections if "differs at schedule.learning_rate)" in s)
     other = next(s for s in sections if s is not twin)
     assert "| 0.100 | 0.300 |" in twin and "| 0.100 | 0.200 |" in other
-    assert sorted(r["claire"] for r in csv_rows(out)) == ["0.2", "0.3"]
+    assert sorted(r["tuned"] for r in csv_rows(out)) == ["0.2", "0.3"]
     assert len({r["group"] for r in csv_rows(out)}) == 2
     assert len(list(out.glob("bars-exp*.png"))) == 2
 
@@ -332,8 +332,8 @@ def test_tiny_model_runs_give_the_exact_expected_table(seeds, tmp_path):
     assert sorted((r["benchmark"], r["metric"], r["filter"]) for r in table) == sorted(values)
     for row in table:
         expected = values[(row["benchmark"], row["metric"], row["filter"])]
-        for label, column in (("base", "base"), ("tuned", "claire")):
-            a, b = expected[label]
+        for column in ("base", "tuned"):
+            a, b = expected[column]
             half = 12.706204736174707 * abs(a - b) / 2  # t(0.975, 1 df) x sd / sqrt(2), sd = |a - b| / sqrt(2)
             assert float(row[column]) == pytest.approx((a + b) / 2) and float(row[f"{column}_ci"]) == pytest.approx(
                 half

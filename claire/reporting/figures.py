@@ -13,7 +13,7 @@ from claire.reporting.experiments import Group  # noqa: E402
 from claire.reporting.tables import metric_label  # noqa: E402
 
 TITLE = "Accuracy Comparison of Base vs SFT Model"  # the report's figure title
-COLOURS = {"base": "#8c8c8c", "claire": "#1f77b4"}
+COLOURS = {"base": "#8c8c8c", "tuned": "#1f77b4"}
 
 
 def slug(text: str) -> str:
@@ -48,7 +48,7 @@ def accuracy_like(row: dict) -> bool:
 def bars(labels: list[str], rows: list[dict], title: str, path: Path) -> None:
     """Grouped bars, Base beside Claire, with 95% CIs over seeds and the published numbers as markers."""
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 1.5), 4.0))
-    for offset, column, name in ((-0.2, "base", "Base"), (0.2, "claire", "Claire (SFT)")):
+    for offset, column, name in ((-0.2, "base", "Base"), (0.2, "tuned", "Claire (SFT)")):
         values = [bar_values(r, column) for r in rows]
         heights = [v if v is not None else 0.0 for v, _ in values]
         errors = [e or 0.0 for _, e in values] if any(e for _, e in values) else None

@@ -47,7 +47,7 @@ def published(group: Group) -> dict[tuple[str, str, str], dict]:
     """The reference's evaluation rows by (benchmark, metric, filter), values as the report printed them."""
     rows = (group.reference or {}).get("evaluation", [])
     return {
-        (r["benchmark"], r["metric"], r["filter"]): {c: as_printed(r.get(c)) for c in ("base", "claire")} for r in rows
+        (r["benchmark"], r["metric"], r["filter"]): {c: as_printed(r.get(c)) for c in ("base", "tuned")} for r in rows
     }
 
 
@@ -71,8 +71,8 @@ def table_rows(group: Group, wanted: list[dict], every: bool, alpha: float) -> l
     for key in keys:
         row = {"group": group.label, "model": group.model, "seeds": len(group.runs), "benchmark": key[0]}
         row |= {"metric": key[1], "filter": key[2]}
-        for label, column in (("base", "base"), ("tuned", "claire")):
-            values = [v[label] for v in measured.get(key, []) if label in v]
+        for column in ("base", "tuned"):
+            values = [v[column] for v in measured.get(key, []) if column in v]
             mean, half = mean_ci(values) if values else (None, None)
             row |= {column: mean, f"{column}_ci": half, f"{column}_n": len(values)}
             text = printed.get(key, {}).get(column)
@@ -121,12 +121,12 @@ def markdown_table(group: Group, rows: list[dict], alpha: float) -> str:
     for row in rows:
         cells = [row["benchmark"], metric_label(row)]
         if reproduced:
-            cells += [number(row["base"], row["base_ci"]), number(row["claire"], row["claire_ci"])]
+            cells += [number(row["base"], row["base_ci"]), number(row["tuned"], row["tuned_ci"])]
             cells += test_cells(row["test"], alpha)
         if reference:
-            cells += [row["published_base"] or "—", row["published_claire"] or "—"]  # "" never: as_printed
+            cells += [row["published_base"] or "—", row["published_tuned"] or "—"]  # "" never: as_printed
         if reproduced and reference:
-            cells += [number(row["base_minus_published"], sign=True), number(row["claire_minus_published"], sign=True)]
+            cells += [number(row["base_minus_published"], sign=True), number(row["tuned_minus_published"], sign=True)]
         lines.append("| " + " | ".join(cells) + " |")
     if reference and group.reference.get("source"):
         lines.append(f"\n*Published: {group.reference['source']}*")
@@ -146,9 +146,9 @@ def group_title(group: Group) -> str:
 
 
 CSV_FIELDS = [
-    "group", "model", "seeds", "benchmark", "metric", "filter", "base", "base_ci", "base_n", "claire", "claire_ci",
-    "claire_n", "diff", "ci_low", "ci_high", "p", "test", "significant", "published_base", "published_claire",
-    "base_minus_published", "claire_minus_published",
+    "group", "model", "seeds", "benchmark", "metric", "filter", "base", "base_ci", "base_n", "tuned", "tuned_ci",
+    "tuned_n", "diff", "ci_low", "ci_high", "p", "test", "significant", "published_base", "published_tuned",
+    "base_minus_published", "tuned_minus_published",
 ]  # fmt: skip
 
 
