@@ -90,7 +90,7 @@ def test_pipeline_verifies_retries_and_writes_a_dataset_data_can_load(questions,
     assert len(retried) <= 3 and retried <= first and len(first) + len(retried) == 23
     assert all(e["sample"] in (0, 1) for e in entries)
     card = (out / "README.md").read_text()
-    assert "v2-reconstructed" in card and summary["prompt"]["hash"] in card and "wrong_answer 1" in card
+    assert "with prompt `v2`" in card and summary["prompt"]["hash"] in card and "wrong_answer 1" in card
     # the foundation's data= option reads it directly
     cfg = compose_train("data=v2", f"data.path={out}")
     raw = datafiles.load_raw(cfg.data)
@@ -239,7 +239,7 @@ def test_a_changed_prompt_text_needs_a_new_version(questions, tmp_path):
         with pytest.raises(ClaireError):
             run(compose_api(server, questions, tmp_path / "gen", "api.max_retries=0", "api.max_concurrency=1",
                             "api.max_consecutive_failures=1"))  # fmt: skip
-        with pytest.raises(ClaireError, match="prompt v2-reconstructed has changed since"):
+        with pytest.raises(ClaireError, match="prompt v2 has changed since"):
             run(compose_api(server, questions, tmp_path / "gen", "prompt.system=Be brief."))
 
 

@@ -152,6 +152,9 @@ def make_dataset(cfg: DictConfig) -> Path:
     """Ask the teacher for every question the mix needs, verify, and save the DatasetDict with its card."""
     price = check_teacher(cfg)
     prompt = prompt_of(cfg)
+    if cfg.mix.get("prompt_published") is False and prompt["version"] == "v2":
+        unpublished = "the report never published its prompt; asking with the V2 prompt (prompt=v2)"
+        log.warning("mix=%s: %s", cfg.mix.name, unpublished)
     candidates, counts = draw_questions(cfg)
     total = cfg.mix.train + cfg.mix.eval
     available = {s: len(rows) for s, rows in candidates.items()}
