@@ -78,20 +78,34 @@ def csv_rows(out: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+# The founding report, section 4.5 "Evaluation Results (V1)": base vs Claire, all nine pairs as printed.
+V1_TABLES = {
+    "0.5b": [("gpqa_diamond", "0.23", "0.27"), ("gpqa_extended", "0.26", "0.27"), ("gsm8k", "0.22", "0.31")],
+    "1.5b": [("gpqa_diamond", "0.29", "0.29"), ("gpqa_extended", "0.31", "0.29"), ("gsm8k", "0.29", "0.61")],
+    "7b": [("gpqa_diamond", "0.32", "0.38"), ("gpqa_extended", "0.33", "0.35"), ("gsm8k", "0.77", "0.88")],
+}
+
+
 def test_the_published_numbers_render_exactly_as_the_report_printed_them(tmp_path):
     out = make_report(tmp_path, REFERENCES)
     tables = (out / "tables.md").read_text()
-    for size, base, claire in (("0.5b", "0.22", "0.31"), ("1.5b", "0.29", "0.61"), ("7b", "0.77", "0.88")):
-        section = tables.split(f"### claire-{size}-v2 ")[1].split("###")[0]
-        assert "| Benchmark | Metric | Base | Claire |" in section
-        assert f"| gsm8k | exact_match (strict-match) | {base} | {claire} |" in section
-    seven = tables.split("### claire-7b-v2 ")[1]
-    assert "| gpqa_diamond | acc | 0.32 | 0.38 |" in seven
-    assert "| gpqa_extended | acc | — | — |" in seven  # not in the report's summary held here: never invented
+    for size, printed in V1_TABLES.items():
+        section = tables.split(f"### claire-{size}-v1 ")[1].split("###")[0]
+        metric = {"gsm8k": "exact_match (strict-match)"}
+        rows = [f"| {b} | {metric.get(b, 'acc')} | {base} | {claire} |" for b, base, claire in printed]
+        body = ["| Benchmark | Metric | Base | Claire |", "|---|---|---|---|", *rows]
+        assert section.split("\n\n")[1].splitlines() == body  # the three rows in the report's order, nothing else
+        v2 = tables.split(f"### claire-{size}-v2 ")[1].split("###")[0]
+        assert "No benchmark numbers." in v2 and "| gsm8k |" not in v2  # section 4.7 has charts only
     page = (out / "report.md").read_text()
-    for printed, exact in (("35M", "35,192,832"), ("74M", "73,859,072"), ("80M", "80,740,352")):
-        assert f"| {printed} | — | — | {exact} |" in page  # as the report printed it; the dry run's exact count
-    assert (out / "bars-claire-7b-v2.png").read_bytes().startswith(b"\x89PNG")
+    for size, printed, exact in (
+        ("0.5b", "35M", "35,192,832"),
+        ("1.5b", "74M", "73,859,072"),
+        ("7b", "80M", "80,740,352"),
+    ):
+        for version in ("v1", "v2"):  # as the report printed it; the dry run's exact count
+            assert f"| claire-{size}-{version} | qwen2.5-{size} | {printed} | — | — | {exact} |" in page
+    assert (out / "bars-claire-7b-v1.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_the_reference_runs_are_frozen_from_the_experiment_configs():
@@ -152,15 +166,15 @@ def test_one_seed_shows_its_evaluations_own_test_and_says_when_it_is_significant
 
 
 def test_a_reproduced_run_sits_beside_the_published_one_with_the_differences(tmp_path):
-    folder = write_run(tmp_path / "mine", run_name="claire-0.5b-v2", rows={GSM8K: (0.25, 0.35)},
+    folder = write_run(tmp_path / "mine", run_name="claire-0.5b-v1", rows={GSM8K: (0.25, 0.35)},
                        overrides=["model=0.5b"])  # fmt: skip
-    out = make_report(tmp_path, folder, REFERENCES / "claire-0.5b-v2")
+    out = make_report(tmp_path, folder, REFERENCES / "claire-0.5b-v1")
     tables = (out / "tables.md").read_text()
-    title = "claire-0.5b-v2 (qwen2.5-0.5b): 1 seed (1), beside the published run (its config differs at "
+    title = "claire-0.5b-v1 (qwen2.5-0.5b): 1 seed (1), beside the published run (its config differs at "
     assert title + "data.expected_rows.eval, " in tables
     assert "| Published Base | Published Claire | Base − published | Claire − published |" in tables
     assert table_line(out, "gsm8k").endswith("| 0.22 | 0.31 | +0.030 | +0.040 |")
-    assert "| claire-0.5b-v2 | qwen2.5-0.5b | 35M | 1,234 | 99,999 | 35,192,832 |" in (out / "report.md").read_text()
+    assert "| claire-0.5b-v1 | qwen2.5-0.5b | 35M | 1,234 | 99,999 | 35,192,832 |" in (out / "report.md").read_text()
     row = next(r for r in csv_rows(out) if r["benchmark"] == "gsm8k")
     assert float(row["tuned_minus_published"]) == pytest.approx(0.04)
 
@@ -176,9 +190,9 @@ def test_alpha_decides_what_is_significant(tmp_path):
 
 def test_published_numbers_may_be_numbers_and_zero_is_a_number(tmp_path):
     reference = tmp_path / "ref"
-    shutil.copytree(REFERENCES / "claire-0.5b-v2", reference)
+    shutil.copytree(REFERENCES / "claire-0.5b-v1", reference)
     data = json.loads((reference / "reference.json").read_text())
-    data["evaluation"][0] |= {"base": 0.0, "tuned": 0.31}
+    next(row for row in data["evaluation"] if row["benchmark"] == "gsm8k").update(base=0.0, tuned=0.31)
     (reference / "reference.json").write_text(json.dumps(data))
     assert (
         table_line(make_report(tmp_path, reference), "gsm8k") == "| gsm8k | exact_match (strict-match) | 0.0 | 0.31 |"

@@ -117,7 +117,7 @@ def markdown_table(group: Group, rows: list[dict], alpha: float) -> str:
         head += ["Published Base", "Published Claire"] if reproduced else ["Base", "Claire"]
     if reproduced and reference:
         head += ["Base − published", "Claire − published"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if rows else ["No benchmark numbers."]
     for row in rows:
         cells = [row["benchmark"], metric_label(row)]
         if reproduced:
