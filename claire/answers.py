@@ -48,9 +48,22 @@ def _clean(text: str) -> str:
     return LEAD.sub("", text).strip().rstrip(".").strip()
 
 
+# A causal answer stated as a sentence about the question's variable: "W is the root cause of C", "A and B are
+# the direct causes of C" (subject first), or "The root cause of C is W" (the answer last).
+SUBJECT_FIRST = re.compile(r"^(.+?)\s+(?:is|are)\s+(?:the|its|a|an|both)\s+\w[\w -]*?\s+of\s+\w.*$", re.IGNORECASE)
+SUBJECT_LAST = re.compile(r"^the\s+\w[\w -]*?\s+of\s+\w[\w ]*?\s+(?:is|are)\s+(.+)$", re.IGNORECASE)
+
+
+def causal_answer(output: str) -> str:
+    """The causal-suite answer of an output: its final answer, reduced to the names when stated as a sentence."""
+    answer = final_answer(output)
+    stated = SUBJECT_FIRST.match(answer) or SUBJECT_LAST.match(answer)
+    return stated[1].strip() if stated else answer
+
+
 def causal_correct(output: str, gold: str, tolerance: float = 0.0005) -> bool:
     """Whether the output's final answer matches a causal-suite gold answer (word, number, or list of names)."""
-    answer = final_answer(output).lower()
+    answer = causal_answer(output).lower()
     gold = gold.lower().strip()
     if gold in ("yes", "no", "direct", "indirect"):
         words = re.findall(r"[a-z]+", answer)

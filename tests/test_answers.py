@@ -42,6 +42,10 @@ def test_final_answer(output, answer):
         ("The answer is none.", "none", True),
         ("The answer is wet grass, rain.", "rain, wet grass", True),
         ("The answer is direct.", "indirect", False),
+        ("W is the root cause of C.", "W", True),  # a sentence about the question's variable: its subject
+        ("A and B are the direct causes of C.", "A, B", True),
+        ("The direct causes of wet grass are rain and sprinkler.", "rain, sprinkler", True),  # the answer last
+        ("C is the root cause of W.", "W", False),
     ],
 )
 def test_causal_correct(output, gold, right):
