@@ -262,6 +262,24 @@ def rank_follows_rank_0(rank: int, url: str, port: int, decisions) -> None:
     dist.destroy_process_group()
 
 
+def test_a_trial_is_never_pruned_at_its_final_evaluation(tmp_path, monkeypatch):
+    from transformers import TrainerControl, TrainerState
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    monkeypatch.setenv("CLAIRE_SWEEP_TRIAL", "0")
+    monkeypatch.setenv("CLAIRE_SWEEP_STUDY", "s")
+    monkeypatch.setenv("CLAIRE_SWEEP_STORAGE", url)
+    monkeypatch.setenv("CLAIRE_SWEEP_PRUNER", json.dumps({"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0}))
+    args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=1, world_size=1)
+    for step, pruned in ((5, True), (10, False)):  # the same bad loss: pruned midway, kept at the last step
+        callback, control = optuna_study.pruning_callback("eval_loss"), TrainerControl()
+        callback.on_evaluate(args, TrainerState(global_step=step, max_steps=10), control, metrics={"eval_loss": 5.0})
+        assert (callback.pruned, control.should_training_stop) == (pruned, pruned)
+    assert optuna.load_study(study_name="s", storage=url).trials[0].intermediate_values == {20: 5.0, 40: 5.0}
+
+
 def test_in_a_multi_process_trial_only_rank_0_reports_and_every_rank_follows(tmp_path):
     import socket
 

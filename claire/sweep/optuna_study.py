@@ -116,10 +116,10 @@ def pruning_callback(objective: str) -> Any:
             self.trial, self.pruned = current_trial(), False
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **_: Any) -> None:
-            decision = False
+            decision, final = False, bool(state.max_steps) and state.global_step >= state.max_steps
             if self.trial is not None and metrics and objective in metrics:
                 self.trial.report(float(metrics[objective]), rows_seen(args, state.global_step))
-                decision = self.trial.should_prune()
+                decision = not final and self.trial.should_prune()  # pruning a finished trial saves nothing
             if everyone_agrees(decision):
                 self.pruned, control.should_training_stop = True, True
 
