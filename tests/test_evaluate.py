@@ -368,3 +368,26 @@ def test_each_model_in_its_own_process_gives_the_same_results(evaluated, trained
         again = [json.loads(line)["resps"] for line in (isolated / label / "samples_claire_causal.jsonl").open()]
         assert again == first
     assert read(isolated / "metrics.json") == read(out / "metrics.json")
+
+
+def test_a_users_own_task_folder_sits_beside_claires(tmp_path):
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    (folder / "items.jsonl").write_text(
+        "".join(json.dumps({"q": f"{i} + 1 =", "a": str(i + 1)}) + "\n" for i in range(3))
+    )
+    (folder / "my_sums.yaml").write_text(
+        "task: my_sums\ndataset_path: json\n"
+        f"dataset_kwargs: {{data_files: {{test: {folder / 'items.jsonl'}}}}}\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "generation_kwargs: {until: ['\\n'], max_gen_toks: 4}\nmetric_list: [{metric: exact_match}]\n"
+    )
+    out = f"output_dir={tmp_path / 'out'}"
+    with pytest.raises(ClaireError, match="task my_sums is not an lm-eval task"):
+        harness.check(compose_evaluate(out, "tasks=[my_sums]"))
+    cfg = compose_evaluate(out, "tasks=[my_sums,claire_causal]", f"include_path=[{folder}]")
+    names, manager = harness.check(cfg)
+    assert names == ["my_sums", "claire_causal"]
+    harness.load_tasks(names, manager)  # built, data included, before any model loads
+    with pytest.raises(ClaireError, match=r"^include_path: /nowhere is not a folder"):
+        harness.check(compose_evaluate(out, "tasks=[my_sums]", "include_path=[/nowhere]"))

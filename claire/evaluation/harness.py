@@ -121,19 +121,23 @@ def adopt_run(cfg: DictConfig) -> None:
 
 
 def task_manager(cfg: DictConfig) -> Any:
-    """lm-eval's TaskManager with Claire's tasks included and cfg.data passed to them as metadata."""
+    """lm-eval's TaskManager with Claire's tasks and the user's include_path folders, cfg.data as metadata."""
     given = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if v is not None}
-    return _task_manager(json.dumps(given, sort_keys=True))
+    folders = [str(folder) for folder in cfg.get("include_path") or []]
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise ClaireError(f"include_path: {folder} is not a folder; give folders of lm-eval task YAML files")
+    return _task_manager(json.dumps(given, sort_keys=True), tuple(folders))
 
 
 @functools.cache
-def _task_manager(metadata: str) -> Any:
-    """One TaskManager per metadata: indexing lm-eval's few thousand task files takes seconds."""
+def _task_manager(metadata: str, folders: tuple[str, ...] = ()) -> Any:
+    """One TaskManager per metadata and folders: indexing lm-eval's few thousand task files takes seconds."""
     from lm_eval.tasks import TaskManager
 
     from claire.evaluation import tasks
 
-    return TaskManager(include_path=str(tasks.PATH), metadata=json.loads(metadata) or None)
+    return TaskManager(include_path=[str(tasks.PATH), *folders], metadata=json.loads(metadata) or None)
 
 
 def _output_type(manager: Any, name: str) -> str | None:
