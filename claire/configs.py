@@ -34,13 +34,20 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {k: v for key, value in tree.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
 
 
-def differences(saved: dict, now: dict, ignored: tuple[str, ...] = HOW_STARTED) -> list[str]:
-    """Dotted keys whose values differ between two plain configs, leaving out the top-level keys `ignored`."""
+def differences(saved: dict, now: dict, ignored: tuple[str, ...] = HOW_STARTED, shared_only: bool = False) -> list[str]:
+    """Dotted keys whose values differ between two plain configs, leaving out the top-level keys `ignored`;
+    shared_only: only keys both have (a key only one has was added or removed by another version of Claire)."""
     flat_saved, flat_now = flatten(saved), flatten(now)
-    keys = set(flat_saved) | set(flat_now)
+    keys = set(flat_saved) & set(flat_now) if shared_only else set(flat_saved) | set(flat_now)
     return sorted(k for k in keys if k.split(".")[0] not in ignored and flat_saved.get(k) != flat_now.get(k))
 
 
 def experiment(config: dict) -> dict:
     """The part of a run's config that defines its experiment (everything but NOT_THE_EXPERIMENT)."""
     return {k: v for k, v in config.items() if k not in NOT_THE_EXPERIMENT}
+
+
+def same_experiment(a: dict, b: dict) -> bool:
+    """Whether two runs' configs define one experiment: equal on every setting both have, seeds and places aside
+    (so a run saved before a newer Claire added a setting still joins the runs saved after)."""
+    return not differences(a, b, ignored=NOT_THE_EXPERIMENT, shared_only=True)

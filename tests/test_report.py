@@ -171,7 +171,7 @@ def test_a_reproduced_run_sits_beside_the_published_one_with_the_differences(tmp
     out = make_report(tmp_path, folder, REFERENCES / "claire-0.5b-v1")
     tables = (out / "tables.md").read_text()
     title = "claire-0.5b-v1 (qwen2.5-0.5b): 1 seed (1), beside the published run (its config differs at "
-    assert title + "data.expected_rows.eval, " in tables
+    assert title + "data.name, data.path, " in tables
     assert "| Published Base | Published Claire | Base − published | Claire − published |" in tables
     assert table_line(out, "gsm8k").endswith("| 0.22 | 0.31 | +0.030 | +0.040 |")
     assert "| claire-0.5b-v1 | qwen2.5-0.5b | 35M | 1,234 | 99,999 | 35,192,832 |" in (out / "report.md").read_text()
@@ -274,7 +274,7 @@ def test_figures_are_drawn_and_linked_and_the_csv_has_every_row(tmp_path):
     for name in pngs:
         assert f"({name})" in page and (out / name).read_bytes().startswith(b"\x89PNG")
     assert [(r["benchmark"], r["metric"], r["filter"]) for r in csv_rows(out)] == [
-        ("gsm8k", "exact_match", "strict-match"), ("gpqa_diamond", "acc", "none")
+        ("gpqa_diamond", "acc", "none"), ("gsm8k", "exact_match", "strict-match")
     ]  # fmt: skip
 
 
@@ -360,3 +360,15 @@ def test_tiny_model_runs_give_the_exact_expected_table(seeds, tmp_path):
     page = (out / "report.md").read_text()
     assert "loss-tiny-seeds-seed1-0.png" in page and "loss-tiny-seeds-seed2-1.png" in page
     assert "| sample (200 rows) | claire_causal | 2 | 2 | 100.0% |" in page  # templated causal questions overlap
+
+
+def test_a_setting_added_by_a_newer_claire_does_not_split_older_runs(tmp_path):
+    old = write_run(tmp_path / "old", seed=1, rows={GSM8K: (0.2, 0.3)})
+    new = write_run(tmp_path / "new", seed=2, rows={GSM8K: (0.2, 0.4)})
+    config = OmegaConf.load(old / "config.yaml")
+    del config["merge"], config.model["attn_implementation"]  # settings this run's Claire did not have yet
+    (old / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    tables = (make_report(tmp_path, old, new) / "tables.md").read_text()
+    assert tables.count("### ") == 1 and "2 seeds (1, 2)" in tables
+    changed = write_run(tmp_path / "changed", seed=3, rows={GSM8K: (0.2, 0.4)}, overrides=["lora=r8"])
+    assert (make_report(tmp_path / "again", old, new, changed) / "tables.md").read_text().count("### ") == 2

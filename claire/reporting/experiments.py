@@ -103,17 +103,20 @@ def experiment_key(run: Run) -> str:
 
 
 def differences(a: dict, b: dict) -> list[str]:
-    """Dotted config keys where two experiments differ."""
-    return configs.differences(a, b, ignored=configs.NOT_THE_EXPERIMENT)
+    """Dotted config keys where two experiments differ (on the keys both configs have)."""
+    return configs.differences(a, b, ignored=configs.NOT_THE_EXPERIMENT, shared_only=True)
 
 
 def group_runs(found: list[Run]) -> list[Group]:
     """Reproduced runs grouped by experiment; each reference joins the groups of its run_name, or stands alone."""
-    groups: dict[str, Group] = {}
+    groups: list[Group] = []
     for run in (r for r in found if r.reference is None):
-        key = experiment_key(run)
-        groups.setdefault(key, Group(key, run.name, run.config["model"]["name"], [])).runs.append(run)
-    result = [drop_repeats(g) for g in groups.values()]
+        group = next((g for g in groups if configs.same_experiment(g.runs[0].config, run.config)), None)
+        if group is None:
+            group = Group(experiment_key(run), run.name, run.config["model"]["name"], [])
+            groups.append(group)
+        group.runs.append(run)
+    result = [drop_repeats(g) for g in groups]
     by_name: dict[tuple[str, str], list[Group]] = {}
     for group in result:
         by_name.setdefault((group.name, group.model), []).append(group)
