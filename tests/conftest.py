@@ -1,6 +1,7 @@
 """Shared fixtures: composed configs, and a tiny random Llama with the embedded model's real tokenizer."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -105,3 +106,41 @@ def tiny_cfg(tiny_model_dir, tmp_path):
         return compose_train(*tiny_overrides(tiny_model_dir, out or tmp_path / "run", *extra))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL with a password: $CLAIRE_TEST_POSTGRES, else a throw-away server started here and stopped
+    after the session (skipped, saying why, only where PostgreSQL's binaries or psycopg are absent)."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    if os.environ.get("CLAIRE_TEST_POSTGRES"):
+        yield os.environ["CLAIRE_TEST_POSTGRES"]
+        return
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[dev]')")
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not on PATH; or set CLAIRE_TEST_POSTGRES to a PostgreSQL URL")
+    folder = Path(tempfile.mkdtemp(prefix="claire-test-postgres-"))  # not under pytest's root-only folders
+    (folder / "password").write_text("s3cret-pg-pw\n")
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # PostgreSQL refuses to run as root
+    if as_owner:
+        shutil.chown(folder, "postgres")
+        shutil.chown(folder / "password", "postgres")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    data = folder / "data"
+    run = lambda *command: subprocess.run([*as_owner, *command], check=True, capture_output=True)  # noqa: E731
+    run("initdb", "-D", str(data), "-U", "claire", f"--pwfile={folder / 'password'}", "--auth=scram-sha-256")
+    options = f"-p {port} -k {folder} -h 127.0.0.1"
+    run("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
+    import psycopg
+
+    with psycopg.connect(f"postgresql://claire:s3cret-pg-pw@127.0.0.1:{port}/postgres", autocommit=True) as admin:
+        admin.execute("CREATE DATABASE sweeps")
+    yield f"postgresql+psycopg://claire:s3cret-pg-pw@127.0.0.1:{port}/sweeps"
+    run("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+    shutil.rmtree(folder, ignore_errors=True)

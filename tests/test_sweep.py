@@ -374,9 +374,10 @@ def test_a_search_file_leaves_model_and_data_to_the_command_line():
     ]  # fmt: skip
 
 
-@pytest.mark.skipif(not os.environ.get("CLAIRE_TEST_POSTGRES"), reason="set CLAIRE_TEST_POSTGRES to a PostgreSQL URL")
-def test_two_sweepers_share_a_postgresql_study_and_its_password_is_never_written(tiny_model_dir, tmp_path):
-    url = os.environ["CLAIRE_TEST_POSTGRES"]  # e.g. postgresql+psycopg://claire:secret@localhost/sweeps
+def test_two_sweepers_share_a_postgresql_study_and_its_password_is_never_written(
+    tiny_model_dir, tmp_path, postgres_url
+):
+    url = postgres_url  # e.g. postgresql+psycopg://claire:secret@localhost/sweeps
     study = f"test-{tmp_path.name}-{os.getpid()}"
     space(tmp_path, {"schedule.learning_rate": "tag(log, interval(1e-4, 1e-2))"})
     command = swept_command(tiny_model_dir, tmp_path, "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3",
