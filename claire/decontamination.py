@@ -8,7 +8,7 @@ blake2b (8 bytes, top 60 bits kept: stable across processes and machines, and sm
 A text with fewer than n words is one n-gram of all its words, so an exact copy of a short text still matches;
 such eval items are also counted under "short" (they can only match a short training text word for word).
 The teacher's decontamination of training questions (claire.teacher.sources) uses the same n-grams.
-Training text is the raw training split's question + response, as claire.data.load_raw reads it (limits included).
+Training text is the raw training split's question + response, as claire.datafiles.load_raw reads it (limits included).
 """
 
 import argparse
@@ -77,7 +77,7 @@ def overlap(train: set[int], items: dict[str, str], n: int = 13, examples: int =
 
 
 def training_texts(data_cfg: DictConfig) -> list[str]:
-    """The training rows' question + response, loaded by claire.data.load_raw as training does."""
+    """The training rows' question + response, loaded by claire.datafiles.load_raw as training does."""
 
     try:
         rows = datafiles.load_raw(data_cfg)["train"]

@@ -1,7 +1,7 @@
 """claire.train: LoRA (or full) SFT on causality traces; one run, one self-describing folder.
 
 This module imports only Hydra and OmegaConf, so a bad config fails in about a second; the training
-itself lives in claire.sft, imported once the config has passed its checks.
+itself lives in claire.training.sft, imported once the config has passed its checks.
 """
 
 import os

@@ -75,7 +75,7 @@ def draw(study: optuna.Study, plot: str, path: Path) -> None:
             axes = getattr(plots, PLOTS[plot][0])(study)
         first = axes.flat[0] if hasattr(axes, "flat") else axes
         if plot == "intermediate_values.png":
-            first.set_xlabel("Training rows seen")  # what Claire's trials report at (claire.sweep.rows_seen)
+            first.set_xlabel("Training rows seen")  # what trials report at (optuna_study.rows_seen)
         figure = first.get_figure()
         figure.set_size_inches(10, 6)
         figure.savefig(path, dpi=100, bbox_inches="tight")
