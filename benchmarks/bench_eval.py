@@ -38,7 +38,7 @@ def lm_eval_command(opts: argparse.Namespace, out: Path, model_dir: str, dtype: 
     return [
         str(Path(sys.executable).parent / "lm_eval"), "--model", "hf",
         "--model_args", f"pretrained={model_dir},dtype={dtype}", "--device", "cpu", "--tasks", "claire_gsm8k_chat",
-        "--include_path", str(ROOT / "claire" / "tasks"), "--metadata", json.dumps({"gsm8k_test_file": str(GSM8K)}),
+        "--include_path", str(ROOT / "claire" / "evaluation" / "tasks"), "--metadata", json.dumps({"gsm8k_test_file": str(GSM8K)}),
         "--apply_chat_template", "--limit", str(opts.items), "--gen_kwargs", f"max_gen_toks={opts.max_gen_toks}",
         "--output_path", str(out), "--seed", "0", "--log_samples",
     ]  # fmt: skip
