@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> float | None:
     """Check the config, evaluate each model, write the result folder; return the objective (if one is set)."""
     task_names, manager = harness.check(cfg)
     harness.require_packages(cfg)
-    harness.load_tasks(task_names, manager)
+    harness.load_tasks(cfg, task_names, manager)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(configs.resolved(cfg))))

@@ -99,9 +99,14 @@ def load_model(model: DictConfig, quant: BitsAndBytesConfig | None, tokenizer: A
         lm = AutoModelForCausalLM.from_pretrained(model_path(model), **kwargs)
     except OSError as error:
         raise _hub_error(model, error) from error
+    grow_embeddings(lm, tokenizer)
+    return lm
+
+
+def grow_embeddings(lm: Any, tokenizer: Any) -> None:
+    """Give tokens the tokenizer added (the trace markers) embedding rows; never shrink a padded vocabulary."""
     if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
         lm.resize_token_embeddings(len(tokenizer))
-    return lm
 
 
 def train_marker_embeddings(lora: Any, text_config: Any) -> None:

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import GSM8K, ROOT, compose_evaluate
@@ -388,6 +389,113 @@ def test_a_users_own_task_folder_sits_beside_claires(tmp_path):
     cfg = compose_evaluate(out, "tasks=[my_sums,claire_causal]", f"include_path=[{folder}]")
     names, manager = harness.check(cfg)
     assert names == ["my_sums", "claire_causal"]
-    harness.load_tasks(names, manager)  # built, data included, before any model loads
+    harness.load_tasks(cfg, names, manager)  # built, data included, before any model loads
     with pytest.raises(ClaireError, match=r"^include_path: /nowhere is not a folder"):
         harness.check(compose_evaluate(out, "tasks=[my_sums]", "include_path=[/nowhere]"))
+
+
+def stock_gsm8k_folder(tmp_path, n: int):
+    """A task folder overriding lm-eval's stock `gsm8k` with its own YAML and local data (the hub is out of reach)."""
+    import lm_eval
+
+    folder = tmp_path / "stock"
+    folder.mkdir()
+    rows = GSM8K.read_text().splitlines()
+    (folder / "test.jsonl").write_text("\n".join(rows[:n]) + "\n")
+    (folder / "train.jsonl").write_text("\n".join(rows[n : n + 20]) + "\n")
+    stock = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
+    files = {"train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")}
+    (folder / "gsm8k.yaml").write_text(
+        f"include: {stock}\ntask: gsm8k\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs: {{data_files: {json.dumps(files)}}}\n"
+    )
+    return folder
+
+
+@pytest.mark.skipif(not GSM8K.exists(), reason="needs ../shared/data/gsm8k/train.jsonl")
+def test_stock_tasks_get_claires_reader_and_stop_at_the_models_end_token(tmp_path):
+    from scripted_server import ScriptedServer
+
+    golds = gsm8k_golds(3)
+
+    def reply(messages: list[dict], model: str) -> str:
+        gold = next(g for q, g in golds.items() if q in messages[-1]["content"])
+        return f"<|im_start|>think\n<|im_start|>causality\nA -> B\n<|im_start|>answer\n{gold}"
+
+    folder = stock_gsm8k_folder(tmp_path, 3)
+    out = tmp_path / "eval"
+    with ScriptedServer(reply=reply) as server:
+        cfg = compose_evaluate(
+            "backend=api", f"backend.base_url={server.url}", "tasks=[gsm8k]", f"include_path=[{folder}]",
+            "model.end_token='<|eot_id|>'", "num_fewshot=0", f"output_dir={out}",
+        )  # fmt: skip
+        evaluate.run(cfg)
+    metrics = read(out / "metrics.json")
+    assert metrics["model/gsm8k/exact_match,strict-match"] == 0.0  # the Claire format has no '#### N'
+    assert metrics["model/gsm8k/exact_match,claire"] == 1.0  # the `claire` row on a stock task
+    assert metrics["model/gsm8k/strict_wrong_claire_right"] == 3
+    config = read(out / "model" / "results.json")["configs"]["gsm8k"]
+    assert config["generation_kwargs"]["until"] == ["Question:", "</s>", "<|im_end|>", "<|eot_id|>"]
+    assert [f["name"] for f in config["filter_list"]] == ["strict-match", "flexible-extract", "claire"]
+
+
+def test_end_token_stays_in_stop_sequences_a_user_gives(tmp_path):
+    cfg = compose_evaluate("model.end_token='<|eot_id|>'", "tasks=[claire_causal]", f"output_dir={tmp_path}")
+    names, manager = harness.check(cfg)
+    (task,) = harness.load_tasks(cfg, names, manager)
+    assert task.get_config("generation_kwargs")["until"][-1] == "<|eot_id|>"
+    assert harness.with_end_token(["\n\n"], cfg) == ["\n\n", "<|eot_id|>"]
+    assert harness.with_end_token(["<|eot_id|>"], cfg) == ["<|eot_id|>"]
+
+
+def test_claires_own_gsm8k_keeps_one_claire_filter_and_the_name_is_registered(tmp_path):
+    from lm_eval.api.registry import get_filter
+
+    from claire.evaluation.tasks.filters import ClaireAnswer
+
+    cfg = compose_evaluate("tasks=[claire_gsm8k_chat]", f"data.gsm8k_test_file={GSM8K}", f"output_dir={tmp_path}")
+    names, manager = harness.check(cfg)
+    (task,) = harness.load_tasks(cfg, names, manager)
+    assert [f["name"] for f in task.get_config("filter_list")].count("claire") == 1
+    assert get_filter("claire") is ClaireAnswer  # `function: claire` in a user's own task YAML
+
+
+def test_base_and_tuned_load_with_one_vocabulary(tiny_model_dir, tmp_path):
+    """A padded vocabulary (more embedding rows than tokens, as Qwen2.5 has) is not shrunk for the adapter only."""
+    import torch
+    from lm_eval.api.registry import get_model
+    from lm_eval.models.huggingface import HFLM
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import claire.evaluation.hf_model  # noqa: F401  (registers claire-hf, as an evaluation does)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.resize_token_embeddings(len(tokenizer) + 64)  # padded rows, as a hub model ships them
+    padded = tmp_path / "padded"
+    model.save_pretrained(padded)
+    tokenizer.save_pretrained(padded)
+    torch.manual_seed(0)
+    adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(padded), LoraConfig(r=2, target_modules="all-linear"))
+    adapter.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    cfg = compose_evaluate(f"model.id={padded}", "backend.dtype=float32", f"output_dir={tmp_path / 'out'}")
+    loaded = {}
+    for label, peft in (("base", None), ("tuned", str(tmp_path / "adapter"))):
+        lm, args = harness.model_args(cfg, str(padded), peft, None)
+        loaded[label] = harness.vocabulary(get_model(lm).create_from_arg_obj(args, {"batch_size": 1}))
+    rows = len(tokenizer) + 64
+    assert loaded["base"] == loaded["tuned"] == {"embedding_rows": rows, "tokenizer_length": len(tokenizer)}
+    stock = HFLM(
+        pretrained=str(padded), peft=str(tmp_path / "adapter"), tokenizer=str(tmp_path / "adapter"), device="cpu"
+    )
+    assert harness.vocabulary(stock)["embedding_rows"] == len(tokenizer)  # what lm-eval's own peft path does
+
+
+def test_results_record_each_models_vocabulary(evaluated):
+    out, _ = evaluated
+    vocabulary = read(out / "results.json")["vocabulary"]
+    assert vocabulary["base"] == vocabulary["tuned"] and vocabulary["base"]["embedding_rows"] > 0
+    assert read(out / "tuned" / "results.json")["vocabulary"] == vocabulary["tuned"]
+    assert "vocabularies differ" not in (out / "summary.md").read_text()

@@ -93,11 +93,27 @@ def require_packages(cfg: DictConfig) -> None:
             raise ClaireError(f"backend={cfg.backend.name} needs the package {module}, which is not installed; {how}")
 
 
-def load_tasks(names: list[str], manager: Any) -> None:
-    """Build every task once, data included, so a missing or malformed data file fails before any model loads."""
-    from lm_eval.tasks import get_task_dict
+def load_tasks(cfg: DictConfig, names: list[str], manager: Any) -> list:
+    """lm-eval's tasks, built (data included) so a bad data file fails before any model loads; each generative one
+    stops at the model's end-of-turn token and, for a stock task family Claire knows, reads answers with its reader.
+    """
+    from claire.evaluation.tasks import filters
 
-    get_task_dict(names, manager)
+    loaded = manager.load(names)
+    for task in loaded["tasks"].values():
+        if task.get_config("output_type") == "generate_until":
+            filters.add_reader(task)
+            kwargs = dict(task.get_config("generation_kwargs") or {})
+            task.set_config("generation_kwargs", kwargs | {"until": with_end_token(list(kwargs.get("until", [])), cfg)})
+    inside = {id(t) for group in loaded["groups"].values() for t in [*group.get_all_tasks(), *group.get_all_groups()]}
+    outermost = [*loaded["groups"].values(), *loaded["tasks"].values()]
+    return [item for item in outermost if id(item) not in inside]
+
+
+def with_end_token(until: list[str], cfg: DictConfig) -> list[str]:
+    """Stop sequences with the model's end-of-turn token (ChatML's <|im_end|>, Llama 3's <|eot_id|>) added."""
+    end = cfg.model.get("end_token")
+    return until if not end or end in until else [*until, end]
 
 
 def adopt_run(cfg: DictConfig) -> None:
@@ -183,10 +199,7 @@ def model_args(cfg: DictConfig, path: str, adapter: str | None, served_name: str
         args |= {"device": backend.device or ("cuda" if machine.has_cuda() else "cpu")}
         if adapter:
             args |= {"peft": adapter, "tokenizer": adapter}  # the chat template and any added tokens live there
-        if cfg.model.markers == "special":  # both models decode alike: only the tuned tokenizer has the markers
-            import claire.evaluation.hf_model  # noqa: F401  (registers claire-hf)
-
-            return "claire-hf", args | extra
+        return "claire-hf", args | extra  # both models load and decode alike (claire.evaluation.hf_model)
     else:
         args |= {"gpu_memory_utilization": backend.gpu_memory_utilization, "max_model_len": backend.max_model_len}
         args |= {"tensor_parallel_size": backend.tensor_parallel_size, "seed": cfg.seed}
@@ -231,30 +244,50 @@ def evaluate_model(cfg: DictConfig, lm: str, args: dict, names: list[str], manag
 
 def _evaluate_and_save(cfg: Any, lm: str, args: dict, names: list[str], out: Path, manager: Any = None) -> dict:
     import lm_eval
+    from lm_eval.api.registry import get_model
+
+    import claire.evaluation.hf_model  # noqa: F401  (registers claire-hf, here too in a child process)
 
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     backend = cfg.backend
+    gen_kwargs = dict(cfg.gen_kwargs)
+    if "until" in gen_kwargs:  # a user's own stop sequences replace each task's: the end-of-turn token stays
+        gen_kwargs["until"] = with_end_token(list(gen_kwargs["until"]), cfg)
+    tasks = load_tasks(cfg, names, manager or task_manager(cfg))
     with server_key(backend):
+        batch = {"batch_size": backend.batch_size, "max_batch_size": backend.max_batch_size}
+        model = get_model(lm).create_from_arg_obj(args, batch)  # built here to read its vocabulary afterwards
         results = lm_eval.simple_evaluate(
-            model=lm,
+            model=model,
             model_args=args,
-            tasks=names,
+            tasks=tasks,
             num_fewshot=cfg.num_fewshot,
-            batch_size=backend.batch_size,
-            max_batch_size=backend.max_batch_size,
             limit=cfg.limit,
             log_samples=True,
             apply_chat_template=cfg.apply_chat_template,
             system_instruction=cfg.system_instruction,
-            gen_kwargs=dict(cfg.gen_kwargs) or None,
-            task_manager=manager or task_manager(cfg),
+            gen_kwargs=gen_kwargs or None,
             random_seed=cfg.seed,
             numpy_random_seed=cfg.numpy_seed,
             torch_random_seed=cfg.torch_seed,
             fewshot_random_seed=cfg.fewshot_seed,
+            **batch,
         )
+    results["config"]["model"] = lm
+    results["vocabulary"] = vocabulary(model)
     save_results(results, out)
     return results
+
+
+def vocabulary(lm: Any) -> dict[str, int | None]:
+    """The loaded model's embedding rows and its tokenizer's length (None where the backend holds no such thing)."""
+    tokenizer, model = getattr(lm, "tokenizer", None), getattr(lm, "model", None)
+    rows = None
+    if hasattr(model, "get_input_embeddings"):
+        rows = int(model.get_input_embeddings().num_embeddings)
+    elif hasattr(model, "llm_engine"):  # vLLM
+        rows = int(model.llm_engine.model_config.get_vocab_size())
+    return {"embedding_rows": rows, "tokenizer_length": len(tokenizer) if tokenizer is not None else None}
 
 
 def load_results(out: Path) -> dict:

@@ -1,8 +1,14 @@
-"""lm-eval's hf backend, decoding Claire's trace markers when a run added them as special tokens.
+"""lm-eval's hf backend as Claire loads models: the base and the fine-tuned model with one vocabulary, and Claire's
+trace markers kept when a run added them as special tokens.
 
-lm-eval's HFLM decodes generations with skip_special_tokens=True. With model.markers=special (the Llama configs)
-the trace tags <think>, <causality> and their closing tags are added special tokens, so they would vanish from
-every output and neither the answer reader nor the graph metrics could find them.
+Vocabulary: with `peft=`, lm-eval resizes the model's embeddings to the tokenizer's length, which *shrinks* a padded
+vocabulary (Qwen2.5's 151,936 rows hold 151,665 tokens) for the fine-tuned model only, so its softmax would run over
+fewer rows than the base model's. Here both load as training loaded them (claire.models.grow_embeddings): grown for
+added tokens, never shrunk.
+
+Markers: lm-eval's HFLM decodes generations with skip_special_tokens=True. With model.markers=special (the Llama
+configs) the trace tags <think>, <causality> and their closing tags are added special tokens, so they would vanish
+from every output and neither the answer reader nor the graph metrics could find them.
 """
 
 from typing import Any
@@ -10,18 +16,27 @@ from typing import Any
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from claire.models import grow_embeddings
 from claire.traces import TRACE_TAGS
 
 
 @register_model("claire-hf")
 class ClaireHFLM(HFLM):
-    """HFLM whose decoding skips special tokens except Claire's trace markers."""
+    """HFLM loading adapters without shrinking the vocabulary, decoding Claire's trace markers."""
+
+    def _create_model(self, pretrained: str, *args: Any, peft: str | None = None, **kwargs: Any) -> None:
+        super()._create_model(pretrained, *args, peft=None, **kwargs)
+        if peft:
+            from peft import PeftModel
+
+            grow_embeddings(self._model, self.tokenizer)
+            self._model = PeftModel.from_pretrained(self._model, peft, revision=kwargs.get("revision") or "main")
 
     def tok_decode(self, tokens: Any, skip_special_tokens: bool = True) -> str:
         """The text of tokens; with skip_special_tokens, every special token but the trace markers is dropped."""
-        if not skip_special_tokens:
-            return super().tok_decode(tokens, skip_special_tokens=False)
         vocab = self.tokenizer.get_vocab()
         kept = {vocab[marker] for marker in TRACE_TAGS if marker in vocab}
+        if not skip_special_tokens or not kept:
+            return super().tok_decode(tokens, skip_special_tokens=skip_special_tokens)
         dropped = set(self.tokenizer.all_special_ids) - kept
         return self.tokenizer.decode([t for t in tokens if t not in dropped], skip_special_tokens=False)

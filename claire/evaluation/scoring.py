@@ -52,6 +52,7 @@ def score(cfg: DictConfig, evaluated: dict[str, dict], out: Path) -> dict[str, A
     report = {"rows": rows, "comparisons": comparisons, "format_failures": failures, "false_wrong": false_wrong}
     report["disagreements"], report["judge_error"] = disagreements, judge_failed
     report["prompt_mismatches"] = prompt_mismatches(evaluated) if both else {}
+    report["vocabulary"] = {label: results.get("vocabulary") for label, results in evaluated.items()}
     report["metrics"] = flat_metrics(rows, failures, false_wrong)
     report["summary"] = summary(cfg, evaluated, report)
     return report
@@ -312,6 +313,9 @@ def summary(cfg: DictConfig, evaluated: dict[str, dict], report: dict) -> str:
             "",
             f"**Warning: base and fine-tuned saw different prompts** on {differ} items (tokenizer or template).",
         ]
+    sizes = {stats.LABELS[label]: v for label, v in report["vocabulary"].items() if v and v["embedding_rows"]}
+    if len({v["embedding_rows"] for v in sizes.values()}) > 1:
+        lines += ["", f"**Warning: the models' vocabularies differ** (embedding rows, tokenizer length): {sizes}."]
     lines += _failure_lines(report) + _false_wrong_lines(report)
     return "\n".join(lines) + "\n"
 

@@ -1,14 +1,25 @@
-"""The Claire answer reader as an lm-eval filter (`filter_list` entry `claire` in Claire's task YAMLs)."""
+"""The Claire answer reader as an lm-eval filter, registered by name: `function: claire` in any task YAML.
+
+Claire's own task YAMLs name the class (`!function claire.evaluation.tasks.filters.ClaireAnswer`) so that they also
+work from lm-eval's own CLI, where nothing has imported this module. claire.evaluate adds the filter, as the
+`claire` row, to the stock lm-eval tasks whose answers it knows how to read (STOCK_READERS).
+"""
 
 from collections.abc import Iterable
+from typing import Any
 
 from lm_eval.api.filter import Filter
+from lm_eval.api.registry import register_filter
 
 from claire import answers
 
 INVALID = "[invalid]"  # lm-eval's own fallback for a response its filters cannot read
+NAME = "claire"
+# Stock lm-eval task families (by name prefix): the answer kind and the document field holding the gold answer.
+STOCK_READERS = {"gsm8k": ("number", "answer"), "gpqa": ("choice", "answer"), "minerva_math": ("math", "answer")}
 
 
+@register_filter(NAME)
 class ClaireAnswer(Filter):
     """Each response's final answer read by claire.answers, in the task's target form."""
 
@@ -36,3 +47,24 @@ class ClaireAnswer(Filter):
         if answers.equivalent(answer, gold, self.kind):
             return gold
         return f"({answer})" if self.kind == "choice" else answer
+
+
+def stock_reader(task_name: str) -> tuple[str, str] | None:
+    """The (kind, gold field) of a stock task family Claire's reader knows, else None."""
+    return next((reader for prefix, reader in STOCK_READERS.items() if task_name.startswith(prefix)), None)
+
+
+def add_reader(task: Any) -> bool:
+    """Give a generative lm-eval task a `claire` filter (the reader for its family) unless it has one; True if added."""
+    from lm_eval.filters import build_filter_ensemble
+
+    filter_list = task.config.filter_list or [{"name": "none", "filter": [{"function": "take_first"}]}]
+    reader = stock_reader(task.config.task)
+    if reader is None or any(entry.get("name") == NAME for entry in filter_list):
+        return False
+    kwargs = {"kind": reader[0], "gold_field": reader[1]}
+    steps = [{"function": NAME, **kwargs}, {"function": "take_first"}]
+    task.set_config("filter_list", [*filter_list, {"name": NAME, "filter": steps}])
+    # a built task reads filter_list only in its constructor, and lm-eval has no call to add one afterwards
+    task._filters.append(build_filter_ensemble(NAME, [[NAME, kwargs], ["take_first", None]]))
+    return True
