@@ -4,7 +4,8 @@ Both evaluate the embedded model on the same gsm8k items (0-shot, chat template,
 generation settings and dtype) in separate processes, alternating; the wall time of each whole command (model
 load included) is printed with the scores of both, so "faster at equal scores" can be read off one table.
 The items are the first N rows of ../shared/data/gsm8k/train.jsonl (the test split is not on this machine).
-    python benchmarks/bench_eval.py [--items 40] [--max-gen-toks 512] [--repeats 1] [--threads 2]
+    python benchmarks/bench_eval.py [--items 40] [--max-gen-toks 512] [--repeats 1] [--threads 2] [--model DIR]
+--model evaluates a local Hugging Face model folder instead of the embedded model (e.g. a tiny one for a smoke run).
 """
 
 import argparse
@@ -25,11 +26,19 @@ FILTERS = ("strict-match", "flexible-extract", "claire")
 
 
 def claire_command(opts: argparse.Namespace, out: Path, dtype: str) -> list[str]:
-    """claire.evaluate with its defaults (batched generation), on the embedded model."""
+    """claire.evaluate with its defaults (batched generation), on the embedded model (or --model)."""
+    model = []
+    if opts.model:
+        model = [
+            f"model.id={opts.model}",
+            f"model.name={opts.model.name}",
+            "model.gguf_file=null",
+            "model.gguf_package=null",
+        ]
     return [
         sys.executable, "-m", "claire.evaluate", "tasks=[claire_gsm8k_chat]", f"limit={opts.items}",
-        f"data.gsm8k_test_file={GSM8K}", f"+gen_kwargs.max_gen_toks={opts.max_gen_toks}", f"backend.dtype={dtype}",
-        f"threads={opts.threads}", f"output_dir={out}",
+        f"data.gsm8k_test_file={GSM8K}", f"gen_kwargs.max_gen_toks={opts.max_gen_toks}", f"backend.dtype={dtype}",
+        f"threads={opts.threads}", f"output_dir={out}", *model,
     ]  # fmt: skip
 
 
@@ -38,7 +47,8 @@ def lm_eval_command(opts: argparse.Namespace, out: Path, model_dir: str, dtype: 
     return [
         str(Path(sys.executable).parent / "lm_eval"), "--model", "hf",
         "--model_args", f"pretrained={model_dir},dtype={dtype}", "--device", "cpu", "--tasks", "claire_gsm8k_chat",
-        "--include_path", str(ROOT / "claire" / "evaluation" / "tasks"), "--metadata", json.dumps({"gsm8k_test_file": str(GSM8K)}),
+        "--include_path", str(ROOT / "claire" / "evaluation" / "tasks"),
+        "--metadata", json.dumps({"gsm8k_test_file": str(GSM8K)}),
         "--apply_chat_template", "--limit", str(opts.items), "--gen_kwargs", f"max_gen_toks={opts.max_gen_toks}",
         "--output_path", str(out), "--seed", "0", "--log_samples",
     ]  # fmt: skip
@@ -78,6 +88,7 @@ def main() -> None:
     parser.add_argument("--max-gen-toks", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", type=Path, default=None, help="a local model folder (default: the embedded model)")
     opts = parser.parse_args()
     if not GSM8K.exists():
         sys.exit(f"bench_eval: needs {GSM8K} (GSM8K in the gsm8k format)")
@@ -86,7 +97,7 @@ def main() -> None:
 
     from claire import models
 
-    model_dir = models.model_path(compose_train().model)
+    model_dir = str(opts.model) if opts.model else models.model_path(compose_train().model)
     dtype = "bfloat16" if machine.cpu_has_bf16() else "float32"
     times: dict[str, list[float]] = {"claire": [], "lm_eval": []}
     found: dict[str, dict] = {}

@@ -5,6 +5,7 @@ A scripted OpenAI-compatible server on 127.0.0.1 answers every chat completion a
 the limit it achieves is printed next to a one-at-a-time baseline (what a plain loop over `client.create` gets).
 Every response still goes through the fsynced ledger, as in a real run. Medians over repeats.
     python benchmarks/bench_generate.py [--rpm 1200] [--latency 0.25] [--requests 300] [--repeats 3]
+                                        [--baseline-requests N]
 """
 
 import argparse
@@ -61,8 +62,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.25, help="seconds the server takes per request")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--baseline-requests", type=int, default=None, help="one-at-a-time requests (default: about 10 s of them)"
+    )
     args = parser.parse_args()
-    baseline_n = max(10, int(10 / args.latency))  # about 10 s of one-at-a-time requests
+    baseline_n = args.baseline_requests or max(10, int(10 / args.latency))  # about 10 s of one-at-a-time requests
     paced, baseline = [], []
     for _ in range(args.repeats):  # a fresh server each time: an empty one-minute window
         with ScriptedServer(latency=args.latency, rpm=args.rpm) as server:

@@ -5,8 +5,10 @@ after the other in separate processes. Printed: optimizer steps trained in all (
 metrics.json), the share of steps pruning saved, the best objective of each sweep, and their wall times.
 The target is at least 40% of steps saved with a best objective within the noise of the unpruned sweep.
     python benchmarks/bench_sweep.py [--trials 16] [--pruners median,percentile] [--threads 2] [--out DIR]
+                                     [--override KEY=VALUE ...]
 Each pruner in --pruners is one sweep, all compared with the one unpruned sweep of the same run; pruner keys can
-be set as --set hydra.sweeper.pruner.min_resource=24 (passed to every pruned sweep).
+be set as --set hydra.sweeper.pruner.min_resource=24 (passed to every pruned sweep). --override is passed to every
+sweep, pruned or not (and so to the seed reruns): e.g. a tiny model on a few rows for a smoke run.
 "Within noise" is measured, not assumed: the unpruned sweep's best configuration is trained again with
 --noise-seeds (default 1,2), and the spread of its objective over those seeds and the sweep's own is the noise.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 
 def sweep_command(opts: argparse.Namespace, pruner: str) -> list[str]:
     """The quick CPU sweep as a user types it, with its own study name and the pruner under test."""
-    extra = list(opts.set) if pruner != "none" else []
+    extra = [*opts.override, *(opts.set if pruner != "none" else [])]
     return [
         sys.executable, "-m", "claire.train", "-m", "hparams_search=quick-cpu", f"hydra/sweeper/pruner={pruner}",
         f"hydra.sweeper.study_name=bench-{pruner}", f"hydra.sweeper.n_trials={opts.trials}", f"threads={opts.threads}",
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16, help="trials per sweep (quick-cpu has 16)")
     parser.add_argument("--pruners", default="median", help="conf/hydra/sweeper/pruner/ options, comma-separated")
     parser.add_argument("--set", action="append", default=[], help="an override for the pruned sweeps")
+    parser.add_argument("--override", action="append", default=[], help="an override for every sweep")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="where the studies are written (default: a temp dir)")
     parser.add_argument("--noise-seeds", default="1,2", help="seeds to retrain the unpruned best with ('' to skip)")

@@ -2,7 +2,10 @@
 
 Each run is its own process (so peak memory is its own); the two alternate, and medians are quoted.
 Prints non-padding tokens per second, peak RSS, eval loss after training, and Claire's speed-up.
-    python benchmarks/bench_train.py [--steps 4] [--repeats 2] [--threads 2]
+    python benchmarks/bench_train.py [--steps 4] [--repeats 2] [--threads 2] [--override KEY=VALUE ...]
+--override is a Hydra override of conf/train.yaml for both trainers: the model, the data and the batch shape
+(trainer.per_device_train_batch_size, per_device_eval_batch_size, gradient_accumulation_steps, max_length), e.g. a
+tiny model on a few short batches for a smoke run; LoRA and the other hyperparameters stay the benchmark's.
 """
 
 import argparse
@@ -22,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HYPER = {"learning_rate": 3e-4, "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "weight_decay": 1e-4}
 
 
-def claire_run(steps: int, threads: int, out: Path) -> dict:
+def claire_run(steps: int, threads: int, out: Path, extra: list[str]) -> dict:
     """claire.train with its CPU preset (bf16 weights + autocast where native, no checkpointing, length-grouped
     batches, the model's own loss instead of trl's fused LM head)."""
     from hydra import compose, initialize_config_dir
@@ -30,7 +33,7 @@ def claire_run(steps: int, threads: int, out: Path) -> dict:
     from claire.train import run
 
     overrides = [f"trainer.max_steps={steps}", "trainer.save_strategy=no", "trainer.eval_strategy=no"]
-    overrides += [f"threads={threads}", f"output_dir={out}", "trainer.disable_tqdm=true"]
+    overrides += [f"threads={threads}", f"output_dir={out}", "trainer.disable_tqdm=true", *extra]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     run(cfg)
@@ -38,7 +41,7 @@ def claire_run(steps: int, threads: int, out: Path) -> dict:
     return {"tokens": metrics["tokens_seen"], "seconds": metrics["train_runtime_s"], "eval_loss": metrics["eval_loss"]}
 
 
-def trl_run(steps: int, threads: int, out: Path) -> dict:
+def trl_run(steps: int, threads: int, out: Path, extra: list[str]) -> dict:
     """What a hand-written trl script does: model by path (fp32), trl's defaults, same data and hyperparameters.
 
     One change from trl's defaults, in the baseline's favour: bf16 autocast only where the CPU has native bf16
@@ -53,16 +56,16 @@ def trl_run(steps: int, threads: int, out: Path) -> dict:
 
     torch.set_num_threads(threads)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train")
+        cfg = compose("train", overrides=extra)
     tokenizer = models.load_tokenizer(cfg.model)
     train, evaluation, _ = sft.prepare_data(cfg, tokenizer)
     args = SFTConfig(
         output_dir=str(out),
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=8,
-        gradient_accumulation_steps=4,
+        per_device_train_batch_size=cfg.trainer.per_device_train_batch_size,  # 4, 8, 4 and 1024: Claire's batch shape
+        per_device_eval_batch_size=cfg.trainer.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.trainer.gradient_accumulation_steps,
         max_steps=steps,
-        max_length=1024,
+        max_length=cfg.trainer.max_length,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -86,16 +89,16 @@ def trl_run(steps: int, threads: int, out: Path) -> dict:
     }
 
 
-def one(kind: str, steps: int, threads: int) -> None:
+def one(kind: str, steps: int, threads: int, extra: list[str]) -> None:
     """Child process: run one trainer and print its figures as JSON on the last line."""
     with tempfile.TemporaryDirectory() as tmp:
-        figures = (claire_run if kind == "claire" else trl_run)(steps, threads, Path(tmp) / "run")
+        figures = (claire_run if kind == "claire" else trl_run)(steps, threads, Path(tmp) / "run", extra)
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures["tokens_per_s"] = figures["tokens"] / figures["seconds"]
     print(json.dumps(figures))
 
 
-def spawn(kind: str, steps: int, threads: int) -> dict:
+def spawn(kind: str, steps: int, threads: int, extra: list[str]) -> dict:
     """Run one child and parse its figures."""
     env = {
         **os.environ,
@@ -104,6 +107,7 @@ def spawn(kind: str, steps: int, threads: int) -> dict:
         "TOKENIZERS_PARALLELISM": "false",
     }
     cmd = [sys.executable, __file__, "--one", kind, "--steps", str(steps), "--threads", str(threads)]
+    cmd += [f"--override={override}" for override in extra]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode:
         sys.exit(f"{kind} run failed:\n{done.stderr[-3000:]}")
@@ -116,20 +120,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (16 rows each)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer, alternating")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="a conf/train.yaml override for both trainers (model, data, batch)",
+    )
     parser.add_argument("--one", choices=["claire", "trl"], help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.one:
-        return one(opts.one, opts.steps, opts.threads)
+        return one(opts.one, opts.steps, opts.threads, opts.override)
     results: dict[str, list[dict]] = {"claire": [], "trl": []}
     started = time.time()
     for i in range(opts.repeats):
         for kind in ("claire", "trl") if i % 2 == 0 else ("trl", "claire"):
-            results[kind].append(spawn(kind, opts.steps, opts.threads))
+            results[kind].append(spawn(kind, opts.steps, opts.threads, opts.override))
             print(f"  {kind:6s} run {i + 1}: {results[kind][-1]['tokens_per_s']:.0f} tok/s", flush=True)
     med = {k: {f: statistics.median(r[f] for r in runs) for f in runs[0]} for k, runs in results.items()}
 
+    setup = "SmolLM2-135M, LoRA r64 all-linear, batch 4 x accum 4"
+    if opts.override:
+        setup = f"LoRA r64 all-linear, overrides {' '.join(opts.override)}"
     print(
-        f"\nSmolLM2-135M, LoRA r64 all-linear, batch 4 x accum 4, {opts.steps} steps, {opts.threads} threads, "
+        f"\n{setup}, {opts.steps} steps, {opts.threads} threads, "
         f"medians of {opts.repeats} alternating runs ({time.time() - started:.0f} s); "
         f"CPU native bf16: {machine.cpu_has_bf16()}"
     )
