@@ -35,7 +35,7 @@ def trained(tiny_model_dir, tmp_path_factory):
 def tiny_eval(run_dir, out, *extra):
     """A seconds-long evaluation of a tiny run: 2 causal items, 8 new tokens, batch 2, one thread."""
     overrides = [f"run={run_dir}", f"output_dir={out}", "tasks=[claire_causal]", "limit=2", "threads=1"]
-    overrides += ["+gen_kwargs.max_gen_toks=8", "backend.batch_size=2", "backend.dtype=float32", *extra]
+    overrides += ["gen_kwargs.max_gen_toks=8", "backend.batch_size=2", "backend.dtype=float32", *extra]
     return compose_evaluate(*overrides)
 
 

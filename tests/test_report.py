@@ -324,7 +324,7 @@ def seeds(tiny_model_dir, tmp_path_factory):
     assert done.returncode == 0, done.stderr[-2000:]
     folders = [root / "multirun" / "0", root / "multirun" / "1"]
     command = [sys.executable, "-m", "claire.evaluate", "-m", f"run={folders[0]},{folders[1]}", "tasks=[claire_causal]"]
-    command += ["limit=2", "threads=1", "+gen_kwargs.max_gen_toks=8", "backend.batch_size=2", "backend.dtype=float32"]
+    command += ["limit=2", "threads=1", "gen_kwargs.max_gen_toks=8", "backend.batch_size=2", "backend.dtype=float32"]
     done = subprocess.run(
         [*command, f"hydra.sweep.dir={root}/evals"], cwd=root, capture_output=True, text=True, env=env
     )

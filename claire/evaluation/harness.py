@@ -45,6 +45,10 @@ def check(cfg: DictConfig) -> tuple[list[str], Any]:
     for key, value in cfg.data.items():
         if isinstance(value, str) and key.endswith(("_file", "_dir")) and not Path(value).exists():
             raise ClaireError(f"data.{key}={value} does not exist; give an existing file or folder, or drop the key")
+    limit = cfg.limit
+    share = isinstance(limit, float) and 0 < limit < 1
+    if not (limit is None or share or isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1):
+        raise ClaireError(f"limit={limit!r} must be a whole number above 0 (items per task), a share in (0, 1) or null")
     names = list(cfg.tasks if cfg.tasks is not None else cfg.suite.tasks)
     if not names or not all(isinstance(n, str) for n in names):
         raise ClaireError(f"tasks={names} must be a non-empty list of lm-eval task names")
@@ -108,6 +112,11 @@ def load_tasks(cfg: DictConfig, names: list[str], manager: Any) -> list:
     inside = {id(t) for group in loaded["groups"].values() for t in [*group.get_all_tasks(), *group.get_all_groups()]}
     outermost = [*loaded["groups"].values(), *loaded["tasks"].values()]
     return [item for item in outermost if id(item) not in inside]
+
+
+def generation_overrides(cfg: DictConfig) -> dict:
+    """The gen_kwargs the user set (the null ones leave each task's own setting)."""
+    return {key: value for key, value in OmegaConf.to_container(cfg.gen_kwargs).items() if value is not None}
 
 
 def with_end_token(until: list[str], cfg: DictConfig) -> list[str]:
@@ -250,7 +259,7 @@ def _evaluate_and_save(cfg: Any, lm: str, args: dict, names: list[str], out: Pat
 
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     backend = cfg.backend
-    gen_kwargs = dict(cfg.gen_kwargs)
+    gen_kwargs = generation_overrides(cfg)
     if "until" in gen_kwargs:  # a user's own stop sequences replace each task's: the end-of-turn token stays
         gen_kwargs["until"] = with_end_token(list(gen_kwargs["until"]), cfg)
     tasks = load_tasks(cfg, names, manager or task_manager(cfg))

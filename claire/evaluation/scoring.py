@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from claire import ClaireError, answers, stats
+from claire.evaluation import harness
 
 STRICT, CLAIRE, JUDGE = "strict-match", "claire", "judge"
 INVALID = "[invalid]"  # lm-eval's (and the claire filter's) mark for "no answer found"
@@ -343,7 +344,7 @@ def _settings_line(cfg: DictConfig, evaluated: dict[str, dict]) -> str:
     return (
         f"Suite `{cfg.suite.name}`, backend `{cfg.backend.name}`, chat template {bool(cfg.apply_chat_template)}, "
         f"shots {dict(shots)}, limit {cfg.limit}, seed {cfg.seed}, lm-eval {lm_eval.__version__}; "
-        f"generation overrides {dict(cfg.gen_kwargs) or 'none'}. Models: {', '.join(evaluated)}."
+        f"generation overrides {harness.generation_overrides(cfg) or 'none'}. Models: {', '.join(evaluated)}."
     )
 
 

@@ -9,6 +9,7 @@ and the adapter's own keys (aime: years).
 
 import hashlib
 import inspect
+import logging
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from claire.choices import LETTERS, shuffled_options
 from claire.datafiles import load_any
 from claire.decontamination import ngrams
 
+log = logging.getLogger("claire.generate")
 CHOICE_LINE = "Answer with the letter of the correct option."
 GATED = ("Idavidrein/gpqa",)  # hub datasets behind a terms-of-use click
 EVALUATION_SPLITS = ("test",)
@@ -151,15 +153,25 @@ def load_source(name: str, spec: DictConfig, seed: int) -> list[dict]:
         raise ClaireError(f"source {name}: split={spec.split} is an evaluation split; draw from a training split")
     adapter = SOURCES[name]
     options = {k: spec[k] for k in inspect.signature(adapter).parameters if k not in ("row", "seed") and k in spec}
-    rows = []
+    rows, malformed = [], []
     for part in _read(f"source {name}", f"sources.{name}.path", spec):
-        try:
-            rows += [found for raw in part if (found := adapter(raw, seed=seed, **options)) is not None]
-        except KeyError as missing:
-            raise ClaireError(
-                f"source {name}: {spec.path} has no field {missing}; its columns are {part.column_names}: "
-                f"point path at a {name} dataset with the hub's field names"
-            ) from None
+        for number, raw in enumerate(part, 1):
+            try:
+                found = adapter(raw, seed=seed, **options)
+            except KeyError as missing:
+                raise ClaireError(
+                    f"source {name}: {spec.path} has no field {missing}; its columns are {part.column_names}: "
+                    f"point path at a {name} dataset with the hub's field names"
+                ) from None
+            except (AttributeError, TypeError, ValueError) as error:  # a number or a list where text should be
+                malformed.append(f"row {number}: {type(error).__name__}: {error}")
+                continue
+            if found is not None:
+                rows.append(found)
+    if malformed:
+        log.warning("source %s: %d malformed rows dropped (%s)", name, len(malformed), malformed[0])
+    if malformed and not rows:
+        raise ClaireError(f"source {name}: no row of {spec.path} could be read ({malformed[0]}); check the file")
     return sorted(rows, key=lambda row: (digest(f"{seed}:{row['id']}"), row["question"], row["gold"]))
 
 

@@ -17,10 +17,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, cache_root
+from claire import ClaireError, cache_root, datafiles
 from claire.traces import MARKER_STYLES
 
 DTYPES = ("bfloat16", "float16", "float32")
+# transformers' attention implementations (its ALL_ATTENTION_FUNCTIONS and "eager"; importing it takes seconds)
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
 CLASSES = {
     "SFTConfig": ("trl", "trl"),
     "LoraConfig": ("peft", "peft"),
@@ -139,6 +141,9 @@ def check_model(cfg: DictConfig) -> None:
     """Model keys that no library checks before loading weights."""
     one_of("model.dtype", cfg.model.dtype, DTYPES)
     one_of("model.markers", cfg.model.markers, MARKER_STYLES)
+    attention = cfg.model.attn_implementation
+    if attention is not None and "/" not in str(attention):  # org/name: a kernel from the hub, checked on load
+        one_of("model.attn_implementation", attention, ATTENTION)
 
 
 def trainer_values(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
@@ -188,22 +193,34 @@ def quant_values(cfg: DictConfig) -> dict[str, Any] | None:
 # metrics.json keys a sweep may optimise besides eval_* and the eval group's task metrics (see sft.finish)
 OBJECTIVES = ("train_loss", "tokens_per_second", "train_runtime_s", "wall_time_s", "tokens_seen", "steps", "epochs")
 OBJECTIVES += ("trainable_params", "total_params", "merge_max_logit_diff")
+# what trl's SFTTrainer reports at evaluation
+EVAL_METRICS = ("eval_loss", "eval_mean_token_accuracy", "eval_entropy", "eval_num_tokens", "eval_runtime")
+EVAL_METRICS += ("eval_samples_per_second", "eval_steps_per_second")
+
+
+def whole(value: Any, least: int) -> bool:
+    """Whether value is a whole number (not a bool) of at least `least`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def check_run(cfg: DictConfig) -> None:
     """Top-level keys: objective, direction, data share, hub push."""
     one_of("direction", cfg.direction, ("minimize", "maximize"))
-    prefixes = ("eval_", *(str(task) for task in cfg.eval.get("tasks") or []))
-    if cfg.objective not in OBJECTIVES and not str(cfg.objective).startswith(prefixes):
+    tasks = tuple(str(task) for task in cfg.eval.get("tasks") or [])
+    if cfg.objective not in (*EVAL_METRICS, *OBJECTIVES) and not (tasks and str(cfg.objective).startswith(tasks)):
         raise ClaireError(
-            f"objective={cfg.objective} is not a metric of metrics.json; "
-            f"choose eval_<metric> or one of {list(OBJECTIVES)}"
+            f"objective={cfg.objective} is not a metric of metrics.json; choose one of {[*EVAL_METRICS, *OBJECTIVES]}"
         )
-    if not 0 <= cfg.data.max_drop_fraction <= 1:
-        raise ClaireError(f"data.max_drop_fraction={cfg.data.max_drop_fraction} must be in [0, 1]")
+    fraction = cfg.data.max_drop_fraction
+    if not isinstance(fraction, int | float) or isinstance(fraction, bool) or not 0 <= fraction <= 1:
+        raise ClaireError(f"data.max_drop_fraction={fraction!r} must be a number in [0, 1]")
+    if not whole(cfg.seed, 0):
+        raise ClaireError(f"seed={cfg.seed!r} must be a whole number >= 0")
+    if cfg.threads is not None and not whole(cfg.threads, 1):
+        raise ClaireError(f"threads={cfg.threads!r} must be a whole number above 0, or null for all cores")
     for key in ("max_train_rows", "max_eval_rows"):
         value = cfg.data[key]
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        if value is not None and not whole(value, 1):
             raise ClaireError(f"data.{key}={value!r} must be a whole number above 0, or null for all rows")
     if cfg.push_to_hub and not cfg.hub_repo_id:
         raise ClaireError("push_to_hub=true needs hub_repo_id=<user>/<repo> (and HF_TOKEN in the environment)")
@@ -213,6 +230,7 @@ def check(cfg: DictConfig, output_dir: str) -> dict[str, dict | None]:
     """All fast checks; returns the checked keyword arguments of SFTConfig, LoraConfig, BitsAndBytesConfig."""
     check_run(cfg)
     check_model(cfg)
+    datafiles.check_local(cfg.data)
     return {
         "SFTConfig": trainer_values(cfg, output_dir),
         "LoraConfig": lora_values(cfg),

@@ -26,6 +26,10 @@ def prepare_split(rows: datasets.Dataset, data: DictConfig, markers: str) -> tup
     """Convert raw rows to prompt/completion; drop malformed ones and count them per reason."""
     kept, dropped = [], Counter()
     for row in rows:
+        odd = [f for f in (data.response_field, data.question_field) if not isinstance(row[f], str | None)]
+        if odd:  # a number or a list where text should be
+            dropped[f"{odd[0]}_not_text"] += 1
+            continue
         try:
             completion = convert_trace(row[data.response_field], markers)
         except MalformedTrace as reason:
