@@ -13,10 +13,12 @@ REFUSED = (openai.BadRequestError, openai.UnprocessableEntityError)  # this requ
 
 def client_of(api: DictConfig) -> Any:
     """The openai async client; it retries 429, 5xx and timeouts itself with backoff."""
-    for name in ("httpx", "openai"):  # one INFO line per request would bury the progress bar
+    # one INFO line per request would bury the progress bar; openai's HTTP library logs as httpx2 (httpx before 2.x)
+    for name in ("httpx", "httpx2", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)
     key = os.environ[api.key_env] if api.key_env else "not-needed"
-    return openai.AsyncOpenAI(base_url=api.base_url, api_key=key, timeout=api.timeout, max_retries=api.max_retries)
+    client = openai.AsyncOpenAI(base_url=api.base_url, api_key=key, timeout=api.timeout, max_retries=api.max_retries)
+    return client
 
 
 def describe(error: Exception) -> str:

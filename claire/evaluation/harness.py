@@ -137,7 +137,13 @@ def adopt_run(cfg: DictConfig) -> None:
     if not needed.is_file():
         hint = "train with merge=true, or drop merged=true" if cfg.merged else "it has no adapter: did training finish?"
         raise ClaireError(f"run={folder} has no {needed.relative_to(folder)}; {hint}")
-    cfg.model = OmegaConf.load(saved).model
+    trained = OmegaConf.load(saved).model
+    if trained.get("trust_remote_code") and not cfg.model.trust_remote_code:
+        raise ClaireError(
+            f"run={folder} was trained with model.trust_remote_code=true: loading it runs code from the model's "
+            "repository; if you trust it, add model.trust_remote_code=true to this command"
+        )
+    cfg.model = trained
     if cfg.backend.name == "vllm" and cfg.model.markers == "special" and not cfg.merged:
         raise ClaireError(
             f"run={folder} trained new marker tokens (model.markers=special), whose embeddings vLLM's LoRA cannot "

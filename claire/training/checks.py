@@ -13,6 +13,7 @@ import inspect
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -222,6 +223,11 @@ def check_run(cfg: DictConfig) -> None:
         value = cfg.data[key]
         if value is not None and not whole(value, 1):
             raise ClaireError(f"data.{key}={value!r} must be a whole number above 0, or null for all rows")
+    name = Path(str(cfg.run_name))
+    if name.is_absolute() or ".." in name.parts:
+        raise ClaireError(
+            f"run_name={cfg.run_name} would leave experiments/; use a plain name, or output_dir=<folder> for elsewhere"
+        )
     if cfg.push_to_hub and not cfg.hub_repo_id:
         raise ClaireError("push_to_hub=true needs hub_repo_id=<user>/<repo> (and HF_TOKEN in the environment)")
 
