@@ -3,10 +3,15 @@
 import re
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 # secret-looking keys (hf_token, api_key, ...), not the names of tokens (end_token, max_tokens)
 SECRET_KEY = re.compile(r"secret|password|api_?key|^(?:hf_|hub_|auth_|access_|api_)?token$", re.IGNORECASE)
+# values that look like credentials: the prefixes of OpenAI, Hugging Face, GitHub, Slack, AWS and wandb keys
+SECRET_VALUE = re.compile(
+    r"(?:sk-|hf_|gh[pousr]_|github_pat_|xox[abpr]-|wandb_v1_)[A-Za-z0-9_\-]{16,}|AKIA[0-9A-Z]{16}|[0-9a-f]{40}"
+)
 # where and how a run was started, not what it computes: a resumed run may differ from its record in these
 HOW_STARTED = ("output_dir", "resume", "dry_run")
 # runs differing only in these (and HOW_STARTED) are seeds of one experiment: same settings, same measurement
@@ -51,3 +56,45 @@ def same_experiment(a: dict, b: dict) -> bool:
     """Whether two runs' configs define one experiment: equal on every setting both have, seeds and places aside
     (so a run saved before a newer Claire added a setting still joins the runs saved after)."""
     return not differences(a, b, ignored=NOT_THE_EXPERIMENT, shared_only=True)
+
+
+def secret_override(overrides: list[str]) -> str | None:
+    """Why the first command-line override carrying a secret is refused (the value is never repeated), else None."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        name = key.split(".")[-1]
+        if name == "key_env" and SECRET_VALUE.search(value):
+            return f"{key}= takes the name of the variable holding the key, not the key itself; {key}=OPENAI_API_KEY"
+        if SECRET_KEY.search(name) and value not in ("", "null") or SECRET_VALUE.search(value):
+            stored = "where shell history and run records keep it"
+            return f"{key}=... puts a secret on the command line, {stored}; {where_secrets_go(key)}"
+    return None
+
+
+def where_secrets_go(key: str) -> str:
+    """Which environment variable a secret passed as `key` belongs in."""
+    group = key.rsplit(".", 1)[0] if "." in key else None
+    if "token" in key.lower() and group is None:
+        return "export HF_TOKEN instead (Claire reads secrets only from the environment)"
+    if group in ("api", "judge", "backend"):
+        return f"export it and name the variable with {group}.key_env (e.g. OPENAI_API_KEY)"
+    return "export it as an environment variable instead (Claire reads secrets only from the environment)"
+
+
+class RefuseSecrets(Callback):
+    """Hydra callback: refuse a secret on the command line before Hydra or Claire writes anything."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before a single run."""
+        self.refuse(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before a sweep."""
+        self.refuse(config)
+
+    @staticmethod
+    def refuse(config: DictConfig) -> None:
+        """Exit with one line when an override carries a secret."""
+        reason = secret_override(list(config.hydra.overrides.task))
+        if reason:
+            raise SystemExit(f"claire.{config.hydra.job.name}: error: {reason}")
