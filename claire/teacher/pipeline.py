@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, datafiles, openai_client, run_folders, traces
+from claire import ClaireError, configs, datafiles, openai_client, run_folders, traces
 from claire.splits import bucket
 from claire.teacher import engine, sources, verification
 from claire.teacher.ledger import BatchState, Ledger
@@ -249,6 +249,9 @@ def save_dataset(splits: dict[str, list[dict]], out: Path, cfg: DictConfig) -> N
         dataset.push_to_hub(cfg.push_to_hub, private=True)
 
 
+CARD_KEYS = ("mix", "api", "verify", "seed", "budget_usd")  # the settings the dataset card shows
+
+
 def write_card(
     out: Path,
     cfg: DictConfig,
@@ -313,7 +316,7 @@ def write_card(
         "Rejected traces: " + (", ".join(f"{k} {v}" for k, v in rejections.most_common()) or "none") + ".",
         "",
         "```yaml",
-        OmegaConf.to_yaml({k: cfg[k] for k in ("mix", "api", "verify", "seed", "budget_usd")}).strip(),
+        OmegaConf.to_yaml({k: v for k, v in configs.resolved(cfg).items() if k in CARD_KEYS}).strip(),  # masked
         "```",
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
