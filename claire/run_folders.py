@@ -1,8 +1,11 @@
 """Run folders: where a run goes, which folders it refuses, and the manifest that makes it self-describing."""
 
 import importlib.metadata
+import json
+import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -13,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from claire import ClaireError, configs, machine
 
+log = logging.getLogger(__name__)
 STARTED = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 VERSIONED = ["claire", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "hydra-core", "omegaconf"]
 
@@ -62,7 +66,64 @@ def check_run_dir(path: Path, cfg: DictConfig) -> str | None:
         changed = config_differences(OmegaConf.load(saved), cfg)
         if changed:
             raise ClaireError(f"resume: the config differs from the interrupted run's at {changed}; undo those")
-    return str(checkpoints[-1])
+    newest, _ = newest_complete_checkpoint(path / "checkpoints")
+    return str(newest) if newest else None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the Trainer could not resume from this checkpoint folder, or None when it is complete."""
+    from transformers.utils import (
+        ADAPTER_SAFE_WEIGHTS_NAME,
+        ADAPTER_WEIGHTS_NAME,
+        SAFE_WEIGHTS_INDEX_NAME,
+        SAFE_WEIGHTS_NAME,
+        WEIGHTS_INDEX_NAME,
+        WEIGHTS_NAME,
+    )
+
+    # transformers has no completeness check: get_last_checkpoint takes the highest checkpoint-N as it is, and
+    # Trainer.train fails on a torn one (no weights: "Can't find a valid checkpoint"; no trainer_state.json:
+    # FileNotFoundError). Trainer._save_checkpoint writes trainer_state.json last (after weights, optimizer, scheduler,
+    # RNG), so a parseable one means the save finished; the weights are what _load_from_checkpoint cannot go without.
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except FileNotFoundError:
+        return "no trainer_state.json: killed while saving?"
+    except (OSError, ValueError):
+        return "trainer_state.json is cut short or unreadable: killed while saving?"
+    if not isinstance(state, dict) or state.get("global_step") != step(folder):
+        return f"trainer_state.json is not the state of step {step(folder)}"
+    weights = (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+    if not any((folder / name).is_file() for name in (*weights, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME)):
+        return "no model or adapter weights"
+    return None
+
+
+def step(checkpoint: Path) -> int:
+    """The step N of a checkpoint-N folder."""
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def newest_complete_checkpoint(folder: Path) -> tuple[Path | None, dict[Path, str]]:
+    """The highest-numbered complete checkpoint-N in folder, and the newer torn ones skipped, with why."""
+    named = [p for p in folder.glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    torn = {}
+    for checkpoint in sorted(named, key=step, reverse=True):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint, torn
+        torn[checkpoint] = problem
+    return None, torn
+
+
+def set_aside_torn(folder: Path) -> None:
+    """Rename torn checkpoints to torn-checkpoint-N-<time>: kept, and out of the Trainer's saves and rotation."""
+    newest, torn = newest_complete_checkpoint(folder)
+    resumed = f"resuming from {newest.name}" if newest else "no complete checkpoint: starting again from step 0"
+    for checkpoint, problem in torn.items():
+        aside = checkpoint.with_name(f"torn-{checkpoint.name}-{STARTED}")
+        checkpoint.rename(aside)
+        log.warning("resume: skipped %s (%s); kept as %s; %s", checkpoint, problem, aside.name, resumed)
 
 
 def config_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:

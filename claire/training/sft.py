@@ -76,6 +76,8 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = run_folders.check_run_dir(out, cfg)
     everyone_checked(args)
+    if writes_run_folder():
+        run_folders.set_aside_torn(out / "checkpoints")
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     tokenizer = models.load_tokenizer(cfg.model)
     train_set, eval_set, data_report = prepare_data(cfg, tokenizer)
