@@ -1,11 +1,16 @@
 """Configs as data: resolved and masked for saving, compared key by key, and which keys define an experiment."""
 
 import re
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+# The config folder of the four commands: claire/conf in an installed wheel (setup.py copies it there), else the
+# checkout's top-level conf/ (a checkout or an editable install; the design keeps conf/ at the top of the repository).
+PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONFIG_DIR: str = str(PACKAGED_CONF if PACKAGED_CONF.is_dir() else Path(__file__).resolve().parents[1] / "conf")
 # secret-looking keys (hf_token, api_key, ...), not the names of tokens (end_token, max_tokens)
 SECRET_KEY = re.compile(r"secret|password|api_?key|^(?:hf_|hub_|auth_|access_|api_)?token$", re.IGNORECASE)
 # values that look like credentials: the prefixes of OpenAI, Hugging Face, GitHub, Slack, AWS and wandb keys
@@ -56,6 +61,11 @@ def same_experiment(a: dict, b: dict) -> bool:
     """Whether two runs' configs define one experiment: equal on every setting both have, seeds and places aside
     (so a run saved before a newer Claire added a setting still joins the runs saved after)."""
     return not differences(a, b, ignored=NOT_THE_EXPERIMENT, shared_only=True)
+
+
+def mask_text(text: str) -> str:
+    """Text with anything that looks like a credential replaced by ***."""
+    return SECRET_VALUE.sub("***", text)
 
 
 def secret_override(overrides: list[str]) -> str | None:

@@ -155,7 +155,7 @@ def manifest(cfg: DictConfig, data: dict | None = None, packages: list[str] = VE
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": configs.mask_text(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])),
         "started": STARTED,
         "seed": cfg.seed,
         "python": platform.python_version(),

@@ -135,3 +135,17 @@ def test_bad_rows_in_a_teacher_source_file_are_dropped_and_counted(tmp_path, cap
         sources.load_source(
             "gsm8k", OmegaConf.create({"path": jsonl(tmp_path / "empty.jsonl", []), "split": "train"}), 0
         )
+
+
+def test_a_run_counts_the_lines_it_could_not_read_in_its_data_report(tiny_model_dir, tmp_path):
+    from conftest import tiny_overrides
+
+    from claire.train import run
+
+    sample = (datafiles.PACKAGE_DATA / "causal_sample.jsonl").read_bytes()
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(sample + b'{"id": "torn", "split": "train", "question": "cut sh')  # a write cut short
+    run(compose_train(*tiny_overrides(tiny_model_dir, tmp_path / "run", f"data.path={path}")))
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["dropped"]["train"]["unreadable_line"] == 1
+    assert report["raw"]["train"] == sum(b'"split": "train"' in line for line in sample.splitlines()) + 1

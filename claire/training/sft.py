@@ -126,15 +126,19 @@ def prepare_data(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any, dict]:
     prepared, report = {}, {"dropped": {}, "kept": {}, "raw": {}}
     for split, rows in raw.items():
         kept, dropped = preprocess.prepare_split(rows, cfg.data, cfg.model.markers)
+        unreadable = len(raw.unreadable) if split == "train" else 0  # a file's lines hold no split: counted here
+        if unreadable:
+            dropped["unreadable_line"] += unreadable
         kept, longest_prompt = preprocess.drop_too_long(kept, tokenizer, max_length, dropped)
         if longest_prompt > max_length:
             raise ClaireError(
                 f"trainer.max_length={max_length} is below the longest {split} prompt ({longest_prompt} tokens); "
                 f"use trainer.max_length>={longest_prompt}"
             )
-        preprocess.check_drops(split, len(rows), dropped, cfg.data.max_drop_fraction)
+        total = len(rows) + unreadable
+        preprocess.check_drops(split, total, dropped, cfg.data.max_drop_fraction)
         prepared[split] = kept
-        report["raw"][split], report["kept"][split], report["dropped"][split] = len(rows), len(kept), dict(dropped)
+        report["raw"][split], report["kept"][split], report["dropped"][split] = total, len(kept), dict(dropped)
     expected = cfg.data.expected_rows
     if expected and any(report["raw"].get(k) != v for k, v in expected.items()):
         log.warning("data.path=%s has %s rows; the report's data had %s", cfg.data.path, report["raw"], dict(expected))
