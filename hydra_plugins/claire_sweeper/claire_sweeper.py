@@ -6,10 +6,12 @@ each trial is one Hydra job that learns its trial from the environment (claire.s
 training to the shared study and stops when the pruner says so.
 """
 
+import copy
 import json
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,13 +27,14 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from claire import ClaireError
-from claire.sweep import optuna_study
+from claire.sweep import liveness, optuna_study
 
 log = logging.getLogger(__name__)
 # Heartbeats and ask-and-tell outside optimize() are what this sweeper is built on (optuna pinned exactly, tested).
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+RUNNING, FAIL = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, RUNNING)
 
 
 @dataclass
@@ -83,6 +86,7 @@ class ClaireSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
         self.settings = OmegaConf.create(settings)
         self.config: DictConfig | None = None
+        self.awaited: set[int] = set()  # other processes' running trials this sweeper has said it waits for
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the context and build the launcher Hydra is configured with."""
@@ -94,7 +98,8 @@ class ClaireSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> list[Sequence]:
-        """Top the study up to n_trials, n_jobs trials at a time; return the launched jobs' results."""
+        """Top the study up to n_trials, n_jobs trials at a time, then wait for other processes' running trials;
+        return the launched jobs' results. Ends in an error (exit 1) if the budget is still unmet."""
         params = [f"{k}={v}" for k, v in self.settings.params.items()] + list(arguments)
         overrides = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(params)
         space = {o.get_key_element(): d for o in overrides if (d := distribution(o)) is not None}
@@ -107,10 +112,11 @@ class ClaireSweeper(Sweeper):
         Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, Path(self.config.hydra.sweep.dir) / "multirun.yaml")
         returns = []
-        while (room := self.room(study)) > 0:
-            asked = [study.ask(fixed_distributions=space) for _ in range(min(self.settings.n_jobs, room))]
-            if trials := [t for t in asked if self.within_budget(study, t)]:
-                returns.append(self.launch(study, url, trials, fixed))
+        while (room := self.room(study)) > 0 or self.wait(study):
+            if room > 0:
+                asked = [self.claimed(study, space) for _ in range(min(self.settings.n_jobs, room))]
+                if trials := [t for t in asked if self.within_budget(study, t)]:
+                    returns.append(self.launch(study, url, trials, fixed))
         log.info(
             "Study %s: %d trials counted of n_trials=%d",
             study.study_name,
@@ -118,7 +124,17 @@ class ClaireSweeper(Sweeper):
             self.settings.n_trials,
         )
         self.summarise(study, Path(self.config.hydra.sweep.dir))
+        self.check_budget(study)
         return returns
+
+    def check_budget(self, study: optuna.Study) -> None:
+        """Exit with an error, never 0, when fewer trials than n_trials ended (a safeguard: the loop waits)."""
+        trials = study.get_trials(deepcopy=False)
+        ended = counted(trials) - sum(t.state in (RUNNING, optuna.trial.TrialState.WAITING) for t in trials)
+        if ended < self.settings.n_trials:
+            states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+            reason = f"study {study.study_name} ended {ended} trials of n_trials={self.settings.n_trials} ({states})"
+            raise SystemExit(f"claire sweeper: error: {reason}; rerun the same command to finish it")
 
     def summarise(self, study: optuna.Study, folder: Path) -> None:
         """trials.csv, summary.json, best.yaml and, with report=true, the plots and report.md."""
@@ -146,11 +162,63 @@ class ClaireSweeper(Sweeper):
         return study
 
     def room(self, study: optuna.Study) -> int:
-        """How many more trials the budget allows, after failing trials whose heartbeat stopped (they are retried)."""
-        optuna.storages.fail_stale_trials(study)
+        """How many more trials the budget allows, after failing dead trials (they are retried)."""
+        self.fail_dead(study)
         trials = study.get_trials(deepcopy=False)
         waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
         return self.settings.n_trials - counted(trials) + waiting  # a waiting retry is asked, not added
+
+    def fail_dead(self, study: optuna.Study) -> None:
+        """Fail running trials whose heartbeat stopped, or whose process on this machine is gone; log each."""
+        running = study.get_trials(deepcopy=False, states=(RUNNING,))
+        optuna.storages.fail_stale_trials(study)
+        now = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+        retry = f"retried with its parameters (up to max_retry={self.settings.max_retry} times)"
+        for trial in running:
+            owner = liveness.recorded(trial)
+            if now[trial.number] == FAIL:
+                why = f"no heartbeat for grace_period={self.settings.grace_period} s"
+                log.warning("Trial %d failed: %s (%s); %s", trial.number, why, liveness.describe(owner), retry)
+            elif now[trial.number] == RUNNING and liveness.gone(owner) and self.failed(study, trial):
+                why = f"its {liveness.describe(owner)} is gone (killed?)"
+                log.warning("Trial %d failed at once: %s; %s", trial.number, why, retry)
+
+    def failed(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        """Fail a running trial and retry it, as optuna does a stale one; False if it had ended meanwhile."""
+        storage = study._storage
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=FAIL):
+                return False
+        except optuna.exceptions.UpdateFinishedTrialError:  # its sweeper told it, or another sweeper failed it
+            return False
+        if retry := storage.get_heartbeat_stale_trial_callback():
+            retry(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+        return True
+
+    def wait(self, study: optuna.Study) -> bool:
+        """Wait a moment for the running trials of other live processes, saying so once each; False if none."""
+        running = study.get_trials(deepcopy=False, states=(RUNNING,))
+        for trial in (t for t in running if t.number not in self.awaited):
+            owner = liveness.recorded(trial)
+            log.info(
+                "Waiting for trial %d, running in %s: the budget n_trials=%d counts it; it is failed and retried if "
+                "its heartbeat stops for grace_period=%d s",
+                trial.number,
+                liveness.describe(owner),
+                self.settings.n_trials,
+                self.settings.grace_period,
+            )
+            self.awaited.add(trial.number)
+        if running:
+            time.sleep(max(1, min(self.settings.heartbeat_interval, 10)))
+        return bool(running)
+
+    def claimed(self, study: optuna.Study, space: dict) -> optuna.trial.Trial:
+        """A trial asked of the study, recorded as this process's (host, pid) and given its first heartbeat."""
+        trial = study.ask(fixed_distributions=space)
+        study._storage.set_trial_system_attr(trial._trial_id, liveness.KEY, liveness.owner(trial.number))
+        study._storage.record_heartbeat(trial._trial_id)
+        return trial
 
     def within_budget(self, study: optuna.Study, trial: optuna.trial.Trial) -> bool:
         """Whether the trials numbered before this one leave it room; sweepers sharing a study can ask at once, and
