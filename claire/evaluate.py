@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from claire import ClaireError, configs, datafiles, machine, resolvers, run_folders
@@ -30,6 +29,7 @@ def run(cfg: DictConfig) -> float | None:
     harness.load_tasks(cfg, task_names, manager)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    run_folders.record(out, cfg)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(configs.resolved(cfg))))
     if cfg.threads or not machine.has_cuda():
         import torch
@@ -52,10 +52,10 @@ def run(cfg: DictConfig) -> float | None:
     return harness.objective_value(cfg, report["metrics"])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=configs.CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entrypoint: `python -m claire.evaluate run=<run folder> suite=report ...`."""
-    cfg.output_dir = HydraConfig.get().runtime.output_dir
+    cfg.output_dir = run_folders.invocation_dir(cfg.output_dir)
     try:
         return run(cfg)
     except ClaireError as error:

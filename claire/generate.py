@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from claire import ClaireError
+from claire import ClaireError, configs
 
 SOURCES = ("api", "causal")
 
@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> Path:
     return pipeline.make_dataset(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=configs.CONFIG_DIR, config_name="generate")
 def main(cfg: DictConfig) -> None:
     """Hydra entrypoint: `python -m claire.generate mix=v2` (teacher) or `... source=causal n=5000` (offline)."""
     try:

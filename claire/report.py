@@ -16,11 +16,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError, resolvers
+from claire import ClaireError, configs, resolvers, run_folders
 from claire.reporting import experiments, page, tables
 
 resolvers.register()
-RUN_FILES = ("report.md", "config.yaml", "metrics.json", "reference.json", "results.json")  # never written over
 
 
 def count_planned(groups: list[experiments.Group]) -> None:
@@ -38,9 +37,7 @@ def count_planned(groups: list[experiments.Group]) -> None:
 def run(cfg: DictConfig) -> Path:
     """Find the runs, build every table and figure, write the page; return the output folder."""
     out = Path(cfg.output_dir)
-    held = [name for name in RUN_FILES if (out / name).exists()]
-    if held:
-        raise ClaireError(f"output_dir={out} already holds {held[0]} (a report or a run); choose another output_dir")
+    run_folders.refuse_foreign(out, "output_dir")
     found = experiments.find_runs(list(cfg.runs))
     if not found:
         raise ClaireError(f"no run folders under {list(cfg.runs)}; a run folder has config.yaml and metrics.json")
@@ -50,6 +47,7 @@ def run(cfg: DictConfig) -> Path:
     wanted = OmegaConf.to_container(cfg.rows)
     rows = {g.key: tables.table_rows(g, wanted, cfg.all_metrics, cfg.alpha) for g in groups}
     out.mkdir(parents=True, exist_ok=True)
+    run_folders.record(out, cfg)
     (out / "report.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tables.write_csv([row for group_rows in rows.values() for row in group_rows], out / "tables.csv")
     sections = [f"### {tables.group_title(g)}\n\n{tables.markdown_table(g, rows[g.key], cfg.alpha)}" for g in groups]
@@ -63,7 +61,7 @@ def run(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path=configs.CONFIG_DIR, config_name="report")
 def main(cfg: DictConfig) -> None:
     """Hydra entrypoint: `python -m claire.report [runs=[...]] [output_dir=...]`."""
     try:

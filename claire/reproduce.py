@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from claire import ClaireError, datafiles, run_folders
+from claire import ClaireError, configs, datafiles, run_folders
 
 TIMINGS = ("runtime", "per_second", "wall_time", "tracker_run_id")  # they differ from run to run on any machine
 
@@ -59,7 +59,9 @@ def new_folder(folder: Path, output_dir: str | None) -> Path:
 def rerun(folder: Path, target: Path, overrides: list[str]) -> None:
     """claire.train in a new process, composed from the run's frozen config.yaml."""
     command = [sys.executable, "-m", "claire.train", "--config-path", str(folder.resolve()), "--config-name", "config"]
-    command += [f"hydra.run.dir={target}", "resume=false", *overrides]
+    # the frozen config has no defaults list: Claire's Hydra settings (conf/hydra/default.yaml) are added back
+    command += ["--config-dir", configs.CONFIG_DIR, "+hydra=default", f"output_dir={target}", "resume=false"]
+    command += overrides
     print("claire.reproduce:", " ".join(command), flush=True)
     done = subprocess.run(command)
     if done.returncode:

@@ -45,8 +45,73 @@ def eval_dir(run: Any, model_name: str, suite: str) -> str:
     return f"experiments/eval/{model_name}/{suite}-{STARTED}"
 
 
+def refuse_foreign(path: Path, setting: str, ours: tuple[str, ...] = ()) -> None:
+    """One line when the folder holds anything but `ours` (what this command may go on from): Claire writes only
+    into a new or empty folder, so nothing a user made is overwritten."""
+    if path.exists() and not path.is_dir():
+        raise ClaireError(f"{setting}={path} is a file; give a new or empty folder")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in ours) if path.is_dir() else []
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise ClaireError(
+            f"{setting}={path} already holds {foreign[0]}{more}; Claire writes only into a new or empty folder: "
+            f"choose another {setting}"
+        )
+
+
+def invocation_dir(output_dir: str) -> str:
+    """The folder this invocation writes: a sweep job's own folder under Hydra's sweep dir, a folder given as
+    hydra.run.dir (the Hydra habit), else output_dir (made absolute, as Hydra's runtime.output_dir is)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra = HydraConfig.get()
+    if hydra.mode == RunMode.MULTIRUN or hydra.run.dir != ".":  # a sweep's job, or hydra.run.dir=<folder> as typed
+        return hydra.runtime.output_dir
+    return os.path.abspath(output_dir)
+
+
+def record(out: Path, cfg: DictConfig) -> None:
+    """Hydra's record of this invocation (config, hydra, overrides; masked) in out/.hydra, or in .hydra/<time>/ when
+    the folder has one already (a resumed run keeps its first), and from now on the log in out/<command>.log.
+
+    Hydra itself writes neither (conf/hydra/default.yaml): it would write them before the command could refuse the
+    folder, replacing a finished run's record."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # called as a library (run(cfg)): there is no invocation to record
+        return
+    hydra = HydraConfig.get()
+    folder = out / ".hydra"
+    if (folder / "config.yaml").exists():
+        folder = folder / STARTED
+    folder.mkdir(parents=True, exist_ok=True)
+    # with Claire's Hydra settings, so `--config-path <run>/.hydra --config-name config output_dir=<new>` reruns it
+    # as this command ran (its folder rule, its log, no Hydra writes)
+    settings = OmegaConf.to_container(OmegaConf.load(Path(configs.CONFIG_DIR) / "hydra" / "default.yaml"))
+    saved = configs.mask(OmegaConf.to_container(cfg)) | {"hydra": settings}
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    (folder / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": configs.mask(OmegaConf.to_container(hydra))}))
+    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(list(hydra.overrides.task)))
+    log_to(out / f"{hydra.job.name}.log")
+
+
+def log_to(path: Path) -> None:
+    """Also write the log to path, in the console's format (appended: a resumed run keeps its earlier lines)."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "claire_run_log", False)]:  # the previous job of a sweep
+        root.removeHandler(old)
+        old.close()
+    shown = next((h.formatter for h in root.handlers if h.formatter), None)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(shown or logging.Formatter("[%(asctime)s][%(name)s] %(message)s"))
+    handler.claire_run_log = True
+    root.addHandler(handler)
+
+
 def check_run_dir(path: Path, cfg: DictConfig) -> str | None:
-    """Refuse to overwrite a finished or interrupted run; return the checkpoint to resume from, if any."""
+    """Refuse a finished run, an interrupted one without resume, or any other folder that is not new or empty;
+    return the checkpoint to resume from, if any."""
     checkpoints = sorted(path.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     if (path / "metrics.json").exists():
         raise ClaireError(f"output_dir={path} already holds a finished run; choose another output_dir")
@@ -55,6 +120,7 @@ def check_run_dir(path: Path, cfg: DictConfig) -> str | None:
             raise ClaireError(
                 f"output_dir={path} holds an interrupted run; pass resume=true to continue it or choose another"
             )
+        refuse_foreign(path, "output_dir")
         return None
     if not checkpoints:
         raise ClaireError(

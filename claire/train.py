@@ -5,13 +5,14 @@ itself lives in claire.training.sft, imported once the config has passed its che
 """
 
 import os
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from claire import ClaireError, resolvers
+from claire import ClaireError, configs, resolvers, run_folders
 from claire.training import checks
 
 resolvers.register()
@@ -23,9 +24,9 @@ def run(cfg: DictConfig) -> float:
         from claire.training import dry_run
 
         dry_run.run(cfg)
-        dry_run.drop_run_dir(cfg.output_dir)
         return float("nan")
     checked = checks.check(cfg, f"{cfg.output_dir}/checkpoints")
+    run_folders.check_run_dir(Path(cfg.output_dir), cfg)  # a folder it may not use: one line, before torch loads
     from claire.training import sft
 
     return sft.train(cfg, checked)
@@ -42,10 +43,10 @@ def join_submitit_ranks() -> None:
         submitit.helpers.TorchDistributedEnvironment().export()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=configs.CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entrypoint: `python -m claire.train group=option key=value ...`."""
-    cfg.output_dir = HydraConfig.get().runtime.output_dir
+    cfg.output_dir = run_folders.invocation_dir(cfg.output_dir)
     join_submitit_ranks()
     try:
         return run(cfg)

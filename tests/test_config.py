@@ -78,11 +78,11 @@ TEACHER = ["source", "seed", "out", "budget_usd", "push_to_hub", "progress", "ve
 CAUSAL = ["source", "n", "seed", "queries", "verbalisation", "eval_fraction", "test_fraction", "unseen_shape_fraction",
           "out"]  # fmt: skip
 HYDRA_DEFAULT_SWEEP = "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}"  # Hydra's own
-HYDRA = {  # command: run dir, sweep dir, output_subdir
-    "train": ("${output_dir}", "experiments/multirun/${now:%Y-%m-%d_%H-%M-%S}", ".hydra"),
-    "evaluate": ("${output_dir}", "experiments/eval/multirun/${now:%Y-%m-%d_%H-%M-%S}", ".hydra"),
-    "generate": ("${out}", HYDRA_DEFAULT_SWEEP, ".hydra/${now:%Y-%m-%d_%H-%M-%S}"),
-    "report": ("${output_dir}", HYDRA_DEFAULT_SWEEP, None),
+HYDRA = {  # command: run dir, sweep dir, output_subdir (Hydra writes nothing: each command records its own folder)
+    "train": (".", "experiments/multirun/${now:%Y-%m-%d_%H-%M-%S}", None),
+    "evaluate": (".", "experiments/eval/multirun/${now:%Y-%m-%d_%H-%M-%S}", None),
+    "generate": (".", HYDRA_DEFAULT_SWEEP, None),
+    "report": (".", HYDRA_DEFAULT_SWEEP, None),
 }
 
 
@@ -354,7 +354,7 @@ def test_unreachable_hub_fails_in_one_line(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("claire.train: error: could not load model.id=Qwen/Qwen2.5-7B-Instruct")
     assert "pass model.id=DIR" in last
-    assert not (Path(tmp_path) / "metrics.json").exists()
+    assert list(Path(tmp_path).iterdir()) == []  # refused before the run had a folder: no record, no empty log
 
 
 def test_secrets_are_masked_and_names_of_tokens_kept():

@@ -187,20 +187,3 @@ def test_dry_run_leaves_no_run_folder(tmp_path):
     assert "80,740,352 trainable (80.7M" in done.stdout and "7,615,616,512" in done.stdout
     assert "L4 22 GB: bf16 " in done.stdout and "A100 40 GB: bf16 " in done.stdout
     assert not (tmp_path / "experiments").exists() and list(tmp_path.iterdir()) == []
-
-
-def test_only_hydras_own_files_are_removed(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    run = tmp_path / "experiments" / "name" / "stamp"
-    (run / ".hydra").mkdir(parents=True)
-    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
-        (run / ".hydra" / name).write_text("x")
-    (run / "train.log").write_text("")
-    kept = tmp_path / "experiments" / "other"
-    (kept / ".hydra").mkdir(parents=True)
-    (kept / "metrics.json").write_text("{}")
-    dry_run.drop_run_dir(str(kept))
-    assert (kept / "metrics.json").exists()
-    dry_run.drop_run_dir("experiments/name/stamp")
-    assert not (tmp_path / "experiments" / "name").exists() and kept.exists()  # empty parents go, up to a full one
-    dry_run.drop_run_dir("experiments/absent")  # nothing there: nothing to do

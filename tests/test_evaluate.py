@@ -101,7 +101,7 @@ def test_results_rows_comparisons_and_format_failures(evaluated):
 def test_finished_results_are_never_overwritten(evaluated, trained):
     out, _ = evaluated
     before = (out / "results.json").read_bytes()
-    with pytest.raises(ClaireError, match="already holds results"):
+    with pytest.raises(ClaireError, match=r"already holds base and \d+ more; Claire writes only into a new or empty"):
         evaluate.run(tiny_eval(trained, out))
     assert (out / "results.json").read_bytes() == before
 

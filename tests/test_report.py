@@ -299,7 +299,7 @@ def test_bad_input_fails_in_one_line_and_a_report_is_never_overwritten(tmp_path)
         make_report(tmp_path, tmp_path / "empty")
     out = make_report(tmp_path, REFERENCES)
     before = (out / "report.md").read_text()
-    with pytest.raises(ClaireError, match="already holds report.md"):
+    with pytest.raises(ClaireError, match=r"already holds \S+ and \d+ more; Claire writes only into a new or empty"):
         make_report(tmp_path, REFERENCES)
     assert (out / "report.md").read_text() == before
     done = subprocess.run([sys.executable, "-m", "claire.report", f"runs=[{tmp_path / 'missing'}]",

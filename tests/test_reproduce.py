@@ -51,8 +51,9 @@ def test_a_rerun_from_the_frozen_config_matches_the_saved_metrics_exactly(origin
 def test_hydras_own_config_path_reruns_it_identically(original, tmp_path):
     target = tmp_path / "hydra-route"
     done = python("-m", "claire.train", "--config-path", str(original / ".hydra"), "--config-name", "config",
-                  f"hydra.run.dir={target}", cwd=tmp_path)  # fmt: skip
+                  f"output_dir={target}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hydra-route"]  # Hydra wrote nothing of its own
     saved, new = (json.loads((f / "metrics.json").read_text()) for f in (original, target))
     assert all(row["same"] for row in reproduce.compare(saved, new, rtol=0.0))
 

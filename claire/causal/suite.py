@@ -10,11 +10,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from claire import ClaireError
+from claire import ClaireError, configs, run_folders
 from claire.causal.questions import QUERY_SETS, VERBALISATIONS, generate_rows
 from claire.splits import bucket
 
-CONFIG = Path(__file__).parents[2] / "conf" / "source" / "causal.yaml"  # the suite's settings: `source=causal`
+CONFIG = Path(configs.CONFIG_DIR) / "source" / "causal.yaml"  # the suite's settings: `source=causal`
 KEYS = (
     "source",
     "n",
@@ -117,8 +117,10 @@ def write_suite(cfg: DictConfig) -> Path:
     if empty:
         raise ClaireError(f"n={cfg.n} leaves the {empty} split(s) empty; raise n or the fractions")
     out = Path(cfg.out)
+    run_folders.refuse_foreign(out, "out")
     datasets.DatasetDict({s: datasets.Dataset.from_list(part) for s, part in splits.items()}).save_to_disk(out)
     (out / "README.md").write_text(card(splits, cfg))
+    run_folders.record(out, cfg)
     sizes = ", ".join(f"{s} {len(part)}" for s, part in splits.items())
     print(f"claire.generate: wrote {cfg.n} rows ({sizes}) to {out}")
     return out

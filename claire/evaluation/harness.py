@@ -40,8 +40,7 @@ def check(cfg: DictConfig) -> tuple[list[str], Any]:
         adopt_run(cfg)
     elif cfg.merged:
         raise ClaireError("merged=true needs run=<a claire.train run folder>")
-    if (Path(cfg.output_dir) / "results.json").exists():
-        raise ClaireError(f"output_dir={cfg.output_dir} already holds results; choose another output_dir")
+    run_folders.refuse_foreign(Path(cfg.output_dir), "output_dir")
     for key, value in cfg.data.items():
         if isinstance(value, str) and key.endswith(("_file", "_dir")) and not Path(value).exists():
             raise ClaireError(f"data.{key}={value} does not exist; give an existing file or folder, or drop the key")

@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from claire import ClaireError
+from claire import ClaireError, configs
 
 
 def storage_url(storage: str | None, folder: Path) -> str:
@@ -151,7 +151,7 @@ def experiment_file(study_name: str, trial: optuna.trial.FrozenTrial) -> str:
     """A trial's parameters as a ready-to-run experiment config (conf/experiment/), group choices as overrides."""
     from omegaconf import OmegaConf
 
-    groups = {p.name for p in (Path(__file__).parents[2] / "conf").iterdir() if p.is_dir()}
+    groups = {p.name for p in Path(configs.CONFIG_DIR).iterdir() if p.is_dir()}
     chosen = OmegaConf.create({})
     defaults = [{f"override /{key}": value} for key, value in trial.params.items() if key in groups]
     for key, value in trial.params.items():

@@ -166,9 +166,11 @@ def make_dataset(cfg: DictConfig) -> Path:
             f"out={out} has {len(open_batches)} submitted batch(es) not yet collected; rerun with api.mode=batch to "
             "collect them (asking online would pay for the same answers again)"
         )
+    run_folders.refuse_foreign(out, "out", ours=GOES_ON_FROM)
     out.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(out / "ledger.jsonl")
+    ledger = Ledger(out / "ledger.jsonl")  # locked: a second claire.generate on this folder stops here
     try:
+        run_folders.record(out, cfg)
         check_ledger(ledger, prompt, cfg.api)
         verify = functools.partial(verification.check_trace, rules=cfg.verify)
         job = engine.Job(candidates, quotas, prompt, cfg.api, price, cfg.budget_usd, cfg.verify.tries, verify)
@@ -249,6 +251,8 @@ def save_dataset(splits: dict[str, list[dict]], out: Path, cfg: DictConfig) -> N
         dataset.push_to_hub(cfg.push_to_hub, private=True)
 
 
+# what an unfinished claire.generate leaves in its folder, and a rerun goes on from
+GOES_ON_FROM = ("ledger.jsonl", "batches.jsonl", ".hydra", "generate.log")
 CARD_KEYS = ("mix", "api", "verify", "seed", "budget_usd")  # the settings the dataset card shows
 
 

@@ -7,16 +7,14 @@ for 4-bit (QLoRA nf4, double quant) weights, at the configured batch and length.
 """
 
 import json
-import shutil
 import warnings
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from claire import ClaireError, models, run_folders
+from claire import ClaireError, models
 from claire.training import checks
 
 ARCHITECTURES = Path(__file__).parent / "architectures"
@@ -279,26 +277,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     print(render(plan))
     return plan
-
-
-def drop_run_dir(output_dir: str) -> None:
-    """Remove the run folder Hydra made for a dry run, if it holds only Hydra's files written by this process,
-    and the folders above it that are left empty, up to the working directory."""
-    path = Path(output_dir)
-    if not path.is_dir():
-        return
-    files = [p for p in path.rglob("*") if p.is_file()]
-    hydra = [path / ".hydra" / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
-    ours = all(p in hydra or p.parent == path and p.suffix == ".log" for p in files)
-    started = datetime.strptime(run_folders.STARTED, "%Y-%m-%d_%H-%M-%S").timestamp() - 1
-    if not ours or any(p.stat().st_mtime < started for p in files):
-        return
-    shutil.rmtree(path, ignore_errors=True)  # where an open log cannot be removed (Windows), it stays
-    cwd = Path.cwd().resolve()
-    for parent in path.resolve().parents:
-        if parent == cwd or cwd not in parent.parents:
-            break
-        try:
-            parent.rmdir()
-        except OSError:  # not empty
-            break

@@ -73,7 +73,6 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
     """Run folder, data, tokenizer, model and SFTTrainer; returns it with the checkpoint to resume from."""
     out = Path(cfg.output_dir)
     args, lora, quant = checks.build_all(checked)
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint = run_folders.check_run_dir(out, cfg)
     everyone_checked(args)
     if writes_run_folder():
@@ -82,7 +81,9 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
     tokenizer = models.load_tokenizer(cfg.model)
     train_set, eval_set, data_report = prepare_data(cfg, tokenizer)
     tracker_id = None
-    if writes_run_folder():
+    if writes_run_folder():  # the data and tokenizer loaded: from here on the run has a folder
+        out.mkdir(parents=True, exist_ok=True)
+        run_folders.record(out, cfg)
         if checkpoint is None:
             (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(configs.resolved(cfg))))
         datafiles.write_json(out / "data_report.json", data_report)
