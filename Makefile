@@ -9,7 +9,7 @@ ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup train test test-fast lint format bench-train bench-generate bench-eval bench-sweep evaluate sample demo-causal clean-venv
+.PHONY: setup train test test-fast lint format bench-train bench-generate bench-eval bench-sweep gpu-check evaluate sample demo-causal clean-venv
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ bench-eval: $(STAMP)  ## claire.evaluate vs lm-eval's CLI at its default batch s
 
 bench-sweep: $(STAMP)  ## the quick CPU sweep with and without pruning: share of training steps saved, both best objectives
 	$(PY) benchmarks/bench_sweep.py $(ARGS)
+
+gpu-check: $(STAMP)  ## on a CUDA machine: the GPU paths in minutes (trainer preset, memory vs dry run, QLoRA merge, vLLM)
+	$(PY) -m pip install -q -e '.[gpu]'
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 sample: $(STAMP)  ## regenerate the embedded sample data (deterministic)
 	$(PY) -m claire.causal

@@ -114,7 +114,7 @@ def main() -> None:
     same = sum(texts["claire"][d] == texts["lm_eval"].get(d) for d in texts["claire"])
     median = {k: statistics.median(v) for k, v in times.items()}
     print(f"{opts.items} gsm8k items, 0-shot chat, max_gen_toks {opts.max_gen_toks}, {dtype}, {opts.threads} threads, ")
-    batch = compose_evaluate().backend.batch_size
+    batch = compose_evaluate().backend.batch_size or "32 (null on a CPU)"
     print(f"median of {opts.repeats}; claire batch {batch} vs lm_eval's CLI at its default batch 1\n")
     print("| | wall s | " + " | ".join(f"exact_match ({f})" for f in FILTERS) + " |")
     print("|---|---|" + "---|" * len(FILTERS))

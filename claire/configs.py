@@ -18,7 +18,7 @@ SECRET_VALUE = re.compile(
     r"(?:sk-|hf_|gh[pousr]_|github_pat_|xox[abpr]-|wandb_v1_)[A-Za-z0-9_\-]{16,}|AKIA[0-9A-Z]{16}|[0-9a-f]{40}"
 )
 # where and how a run was started, not what it computes: a resumed run may differ from its record in these
-HOW_STARTED = ("output_dir", "resume", "dry_run")
+HOW_STARTED = ("output_dir", "resume", "dry_run", "memory_check")
 # runs differing only in these (and HOW_STARTED) are seeds of one experiment: same settings, same measurement
 NOT_THE_EXPERIMENT = (*HOW_STARTED, "seed", "threads", "tracking", "preview_examples", "push_to_hub")
 
@@ -108,3 +108,11 @@ class RefuseSecrets(Callback):
         reason = secret_override(list(config.hydra.overrides.task))
         if reason:
             raise SystemExit(f"claire.{config.hydra.job.name}: error: {reason}")
+
+
+def recomposed(config_name: str, *extra: str) -> DictConfig:
+    """Inside a Hydra run: this run's config composed again with the same overrides plus `extra`."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    return compose(config_name=config_name, overrides=[*HydraConfig.get().overrides.task, *extra])

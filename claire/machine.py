@@ -1,6 +1,7 @@
 """What this machine offers that changes how a run is set up: a CUDA device, native bf16 on the CPU."""
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +25,35 @@ def has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """The CUDA devices this process sees: the first one's name and memory, and how many there are."""
+
+    name: str
+    memory: int  # bytes, as torch reports the card's total
+    count: int
+    bf16: bool
+
+
+# A driver file exists wherever a GPU could: checked first so a CPU machine never imports torch for this.
+DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
+
+
+def gpu() -> Gpu | None:
+    """The GPUs torch can use, or None on a CPU-only machine (or with CUDA_VISIBLE_DEVICES empty)."""
+    if not any(Path(path).exists() for path in DRIVER_FILES) or not has_cuda():
+        return None
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return Gpu(props.name, props.total_memory, torch.cuda.device_count(), torch.cuda.is_bf16_supported())
+
+
+LARGE_CARD = 35e9  # bytes: an A100 40 GB and up takes trainer=a100, anything smaller trainer=l4
+
+
+def gpu_trainer(card: Gpu) -> str:
+    """The trainer preset for this card: a100 (no forced activation checkpointing) from 35 GB, else l4."""
+    return "a100" if card.memory >= LARGE_CARD else "l4"

@@ -71,6 +71,19 @@ def invocation_dir(output_dir: str) -> str:
     return os.path.abspath(output_dir)
 
 
+def same_on_every_rank(output_dir: str) -> str:
+    """Rank 0's run folder for every process of a torchrun/accelerate run (each rank resolved its own timestamp)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return output_dir
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    PartialState()  # joins the process group the Trainer will use
+    shared = [output_dir]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
 def record(out: Path, cfg: DictConfig) -> None:
     """Hydra's record of this invocation (config, hydra, overrides; masked) in out/.hydra, or in .hydra/<time>/ when
     the folder has one already (a resumed run keeps its first), and from now on the log in out/<command>.log.
@@ -235,5 +248,6 @@ def manifest(cfg: DictConfig, data: dict | None = None, packages: list[str] = VE
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": torch.get_num_threads(),
             "gpus": gpus,
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),  # processes of a torchrun/accelerate run
         },
     }

@@ -49,13 +49,18 @@ GPU = {
     "save_strategy": "steps", "save_steps": 0.25, "save_total_limit": 2, "dataloader_num_workers": 2,
     "include_num_input_tokens_seen": "non_padding", "disable_tqdm": False,
 }  # fmt: skip
+# issue 17: the GPU presets leave activation checkpointing to the memory plan (null) and DDP's unused-parameter search
+# off; `auto`, the default, is the cpu preset until claire.train sees a GPU
+SHARED_GPU = GPU | {"activation_checkpointing": None, "ddp_find_unused_parameters": False}
+CPU = GPU | {"max_length": 1024, "use_cpu": True, "bf16": "${claire_if_cpu_bf16:true,false}", "logging_steps": 1,
+             "eval_steps": 0.5, "save_steps": 0.5, "dataloader_num_workers": 0}  # fmt: skip
 TRAINERS = {
-    "a100": GPU,
-    "gpu": GPU,  # new: what a100 and l4 share
-    "l4": GPU | {"activation_checkpointing": True},
-    "cpu": GPU | {"max_length": 1024, "use_cpu": True, "bf16": "${claire_if_cpu_bf16:true,false}", "logging_steps": 1,
-                  "eval_steps": 0.5, "save_steps": 0.5, "dataloader_num_workers": 0},
-}  # fmt: skip
+    "a100": SHARED_GPU,
+    "gpu": SHARED_GPU,  # new: what a100 and l4 share
+    "l4": SHARED_GPU | {"activation_checkpointing": True},
+    "cpu": CPU,
+    "auto": CPU,
+}
 HF = {
     "gguf_file": None, "gguf_package": None, "revision": None, "dtype": "bfloat16", "attn_implementation": "sdpa",
     "trust_remote_code": False, "markers": "native", "end_token": "<|im_end|>",

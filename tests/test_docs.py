@@ -258,6 +258,27 @@ def check_lm_eval(argv: list[str]) -> None:
         assert task in defined, f"--tasks {task}: no task of that name under {options['--include_path']}"
 
 
+def launched(argv: list[str]) -> list[str]:
+    """`torchrun [opts] -m M ARGS` or `accelerate launch [opts] -m M ARGS` as `python -m M ARGS`; a config file the
+    launcher is given must exist."""
+    assert argv[0] == "torchrun" or argv[1] == "launch", f"{argv[:2]}: only torchrun and accelerate launch are known"
+    if "--config_file" in argv:
+        assert (ROOT / argv[argv.index("--config_file") + 1]).is_file(), f"{argv}: no such --config_file"
+    assert "-m" in argv, f"{argv}: the launchers are shown with -m claire.<command>"
+    return ["python", *argv[argv.index("-m") :]]
+
+
+def check_extras(target: str) -> None:
+    """`pip install -e '.[a,b]'`: each extra is one pyproject.toml defines."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    named = re.fullmatch(r"\.\[([\w,-]+)\]", target)
+    assert named, f"pip install -e {target}: the docs install Claire itself, with extras"
+    for extra in named.group(1).split(","):
+        assert extra in extras, f"pip install -e {target}: pyproject.toml has no extra {extra}"
+
+
 @pytest.mark.parametrize(
     ("path", "line", "command", "shown"),
     ALL_COMMANDS,
@@ -274,6 +295,10 @@ def test_command(path, line, command, shown, tmp_path):
         check_make(argv)
     elif argv[0] == "lm_eval":
         check_lm_eval(argv)
+    elif argv[0] in ("torchrun", "accelerate"):
+        check_python(launched(argv), shown, tmp_path)
+    elif argv[:3] == ["pip", "install", "-e"]:
+        check_extras(argv[3])
     else:
         raise AssertionError(f"{argv[0]}: this test does not know how to check it; teach it or use NOT_RUN")
 

@@ -224,7 +224,8 @@ def test_a_trial_of_two_ranks_under_submitit_is_pruned_by_rank_0_and_both_stop(t
     space(tmp_path, {"schedule.learning_rate": "choice(0.001)"})
     ranks = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.tasks_per_node=2"]
     prune = ["hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.upper=1.0"]  # the tiny model's loss is ~10.8
-    swept(tiny_model_dir, tmp_path, *ranks, *prune, "hydra.sweeper.n_trials=1", "trainer.per_device_train_batch_size=2")
+    batch = ["trainer.per_device_train_batch_size=2", "keep_global_batch=false"]  # accumulation 1 on each rank
+    swept(tiny_model_dir, tmp_path, *ranks, *prune, "hydra.sweeper.n_trials=1", *batch)
     [trial] = trials(tmp_path)
     assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [4]  # 1 step x 2 x 2
     folder = tmp_path / "sweeps" / "quick-cpu"

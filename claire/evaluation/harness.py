@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from claire import ClaireError, configs, datafiles, machine, run_folders
 
 BACKENDS = {"hf": "hf", "vllm": "vllm", "api": "local-chat-completions"}
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts (vllm.config.lora)
+CPU_BATCH = 32  # backend.batch_size=null on a CPU; on a GPU lm-eval's "auto" finds the largest that fits
 PACKAGES = [*run_folders.VERSIONED, "lm_eval", "math-verify", "openai", "vllm"]
 
 
@@ -148,6 +150,8 @@ def adopt_run(cfg: DictConfig) -> None:
             f"run={folder} trained new marker tokens (model.markers=special), whose embeddings vLLM's LoRA cannot "
             "load; evaluate its merged model (train with merge=true, then merged=true) or use backend=hf"
         )
+    if cfg.backend.name == "vllm" and needed.name == "adapter_config.json":
+        vllm_lora_rank(adapter_rank(str(needed.parent)))  # a rank vLLM cannot serve fails here, before any model
 
 
 def task_manager(cfg: DictConfig) -> Any:
@@ -210,7 +214,7 @@ def model_args(cfg: DictConfig, path: str, adapter: str | None, served_name: str
         return BACKENDS["api"], args | extra
     args = {"pretrained": path, "dtype": dtype(cfg), "trust_remote_code": bool(cfg.model.trust_remote_code)}
     if backend.name == "hf":
-        args |= {"device": backend.device or ("cuda" if machine.has_cuda() else "cpu")}
+        args |= {"device": device(backend)}
         if adapter:
             args |= {"peft": adapter, "tokenizer": adapter}  # the chat template and any added tokens live there
         return "claire-hf", args | extra  # both models load and decode alike (claire.evaluation.hf_model)
@@ -221,7 +225,8 @@ def model_args(cfg: DictConfig, path: str, adapter: str | None, served_name: str
             args |= {"lora_local_path": adapter, "tokenizer": adapter}
         if cfg.run and not cfg.merged and Path(cfg.run, "adapter", "adapter_config.json").is_file():
             # the base model's engine is built as the tuned one's (LoRA enabled, same rank), just never given it
-            args |= {"enable_lora": True, "max_lora_rank": adapter_rank(str(Path(cfg.run, "adapter")))}
+            rank = vllm_lora_rank(adapter_rank(str(Path(cfg.run, "adapter"))))
+            args |= {"enable_lora": True, "max_lora_rank": rank}
     return BACKENDS[backend.name], args | extra
 
 
@@ -232,9 +237,47 @@ def dtype(cfg: DictConfig) -> str:
     return "bfloat16" if machine.has_cuda() or machine.cpu_has_bf16() else "float32"
 
 
+def device(backend: DictConfig) -> str:
+    """The backend's device: as configured, else cuda when torch sees one, else cpu."""
+    return str(backend.get("device") or ("cuda" if machine.has_cuda() else "cpu"))
+
+
+def batch_args(backend: DictConfig) -> dict[str, Any]:
+    """lm-eval's batch_size and max_batch_size: batch_size as configured, or (null) "auto" on a GPU, 32 on a CPU."""
+    size = backend.batch_size
+    if size is None:
+        size = "auto" if device(backend).startswith("cuda") else CPU_BATCH
+    return {"batch_size": size, "max_batch_size": backend.max_batch_size}
+
+
 def adapter_rank(adapter: str) -> int:
     """The LoRA rank of a saved adapter (vLLM must be started with max_lora_rank at least this)."""
     return int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds a LoRA of this rank (vLLM refuses any other value)."""
+    fitting = [allowed for allowed in LORA_RANKS if allowed >= rank]
+    if not fitting:
+        raise ClaireError(
+            f"the adapter's LoRA rank {rank} is above vLLM's largest max_lora_rank ({LORA_RANKS[-1]}); evaluate "
+            "its merged model (train with merge=true, then merged=true) or use backend=hf"
+        )
+    return fitting[0]
+
+
+def decoding(cfg: DictConfig) -> dict[str, str]:
+    """How a model's generations became text: the backend, and whether special tokens stay in the text.
+
+    lm-eval's vLLM path asks vLLM for skip_special_tokens=False (unless gen_kwargs say otherwise); its HF path
+    decodes with skip_special_tokens=True (claire-hf keeps Claire's trace markers); behind the api backend the
+    server decides (`vllm serve` skips them by default).
+    """
+    name = cfg.backend.name
+    if name == "vllm":
+        skipped = bool(generation_overrides(cfg).get("skip_special_tokens", False))
+        return {"backend": name, "special_tokens": "skipped" if skipped else "kept"}
+    return {"backend": name, "special_tokens": "skipped" if name == "hf" else "server"}
 
 
 def evaluate_model(cfg: DictConfig, lm: str, args: dict, names: list[str], manager: Any, out: Path) -> dict:
@@ -269,7 +312,7 @@ def _evaluate_and_save(cfg: Any, lm: str, args: dict, names: list[str], out: Pat
         gen_kwargs["until"] = with_end_token(list(gen_kwargs["until"]), cfg)
     tasks = load_tasks(cfg, names, manager or task_manager(cfg))
     with server_key(backend):
-        batch = {"batch_size": backend.batch_size, "max_batch_size": backend.max_batch_size}
+        batch = batch_args(backend)
         model = get_model(lm).create_from_arg_obj(args, batch)  # built here to read its vocabulary afterwards
         results = lm_eval.simple_evaluate(
             model=model,
@@ -289,6 +332,7 @@ def _evaluate_and_save(cfg: Any, lm: str, args: dict, names: list[str], out: Pat
         )
     results["config"]["model"] = lm
     results["vocabulary"] = vocabulary(model)
+    results["decoding"] = decoding(cfg)
     save_results(results, out)
     return results
 

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from claire import ClaireError, configs, datafiles
 
 COMPARED = ("base", "tuned")  # the two models of a run's evaluation, as results.json names them
+DECODERS = {"claire-hf": "hf", "hf": "hf", "vllm": "vllm", "local-chat-completions": "api"}  # lm-eval model types
 
 
 @dataclass
@@ -154,8 +155,9 @@ def drop_repeats(group: Group) -> Group:
 
 
 def scores(run: Run) -> dict[tuple[str, str, str], dict]:
-    """{(benchmark, metric, filter): {"base", "tuned", "comparison", "eval", "task"}}: per metric, the newest
-    evaluation that measured both models (else the newest at all); the benchmark is the task without `claire_`."""
+    """{(benchmark, metric, filter): {"base", "tuned", "comparison", "eval", "task", "decoded"}}: per metric, the
+    newest evaluation that measured both models (else the newest at all); the benchmark is the task without
+    `claire_`; "decoded" names the backend that decoded each model (decoded_by)."""
     return evaluation_scores(tuple(run.evals))
 
 
@@ -174,10 +176,23 @@ def evaluation_scores(evals: tuple[Path, ...]) -> dict[tuple[str, str, str], dic
             key = (comparison["task"].removeprefix("claire_"), comparison["metric"], comparison["filter"])
             if key in here:
                 here[key]["comparison"] = comparison
+        decoded = {label: decoded_by(folder, label) for label in COMPARED}
         for key, entry in here.items():
+            entry["decoded"] = {label: decoded[label] for label in COMPARED if label in entry}
             if both(entry) or not both(found.get(key, {})):
                 found[key] = entry
     return found
+
+
+def decoded_by(folder: Path, label: str) -> str | None:
+    """The backend that decoded one model of an evaluation (hf, vllm, api): its results.json's `decoding`, else,
+    in an older folder, its lm-eval model type; None when neither says."""
+    path = folder / label / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    recorded = (results.get("decoding") or {}).get("backend")
+    return recorded or DECODERS.get(str((results.get("config") or {}).get("model")))
 
 
 def both(entry: dict) -> bool:

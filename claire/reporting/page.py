@@ -37,7 +37,8 @@ def page(
         f"Rebuilt by `python -m claire.report` from {len(found)} run folders under {', '.join(cfg.runs)}. Cells are "
         f"means over seeds ± the 95% t-interval; `Claire − Base` is the paired difference on the same items with "
         f"its 95% bootstrap CI and p-value (alpha {cfg.alpha}). Published numbers are shown as the report printed "
-        "them. Every table is also in tables.csv.",
+        "them. A row whose numbers were decoded by different backends (lm-eval's hf path drops special tokens from "
+        "the text, its vllm path keeps them) shows none and says so. Every table is also in tables.csv.",
         "## Evaluation",
         *sections,
         "## Trainable parameters",

@@ -43,6 +43,20 @@ def paired_test(group: Group, key: tuple[str, str, str], alpha: float) -> dict |
     return result | {"significant": stats.significant(result, alpha, seed_ci)}
 
 
+def mixed_decoding(entries: list[dict]) -> str | None:
+    """Why these numbers cannot be compared: different backends decoded them (lm-eval's vLLM path keeps special
+    tokens in the text, its HF path drops them), naming one model folder per backend; None when they can."""
+    seen: dict[str, Path] = {}
+    for entry in entries:
+        for label, backend in entry.get("decoded", {}).items():
+            if backend:
+                seen.setdefault(backend, entry["eval"] / label)
+    if len(seen) < 2:
+        return None
+    sides = [f"{backend} decoding ({folder})" for backend, folder in sorted(seen.items())]
+    return "not comparable: " + " vs ".join(sides)
+
+
 def published(group: Group) -> dict[tuple[str, str, str], dict]:
     """The reference's evaluation rows by (benchmark, metric, filter), values as the report printed them."""
     rows = (group.reference or {}).get("evaluation", [])
@@ -57,7 +71,8 @@ def as_printed(value: Any) -> str | None:
 
 
 def table_rows(group: Group, wanted: list[dict], every: bool, alpha: float) -> list[dict]:
-    """One row per benchmark metric: reproduced means (± CI over seeds), the paired test, the published numbers."""
+    """One row per benchmark metric: reproduced means (± CI over seeds), the paired test, the published numbers;
+    a row whose numbers different backends decoded shows none of them, and says why (not_comparable)."""
     measured: dict[tuple[str, str, str], list[dict]] = {}
     for run in group.runs:
         for key, value in scores(run).items():
@@ -70,15 +85,15 @@ def table_rows(group: Group, wanted: list[dict], every: bool, alpha: float) -> l
     rows = []
     for key in keys:
         row = {"group": group.label, "model": group.model, "seeds": len(group.runs), "benchmark": key[0]}
-        row |= {"metric": key[1], "filter": key[2]}
+        row |= {"metric": key[1], "filter": key[2], "not_comparable": mixed_decoding(measured.get(key, []))}
         for column in ("base", "tuned"):
             values = [v[column] for v in measured.get(key, []) if column in v]
-            mean, half = mean_ci(values) if values else (None, None)
+            mean, half = mean_ci(values) if values and not row["not_comparable"] else (None, None)
             row |= {column: mean, f"{column}_ci": half, f"{column}_n": len(values)}
             text = printed.get(key, {}).get(column)
             row[f"published_{column}"] = text
             row[f"{column}_minus_published"] = mean - float(text) if mean is not None and text is not None else None
-        row["test"] = paired_test(group, key, alpha) if key in measured else None
+        row["test"] = paired_test(group, key, alpha) if key in measured and not row["not_comparable"] else None
         rows.append(row)
     return rows
 
@@ -122,7 +137,7 @@ def markdown_table(group: Group, rows: list[dict], alpha: float) -> str:
         cells = [row["benchmark"], metric_label(row)]
         if reproduced:
             cells += [number(row["base"], row["base_ci"]), number(row["tuned"], row["tuned_ci"])]
-            cells += test_cells(row["test"], alpha)
+            cells += [row["not_comparable"], "—"] if row["not_comparable"] else test_cells(row["test"], alpha)
         if reference:
             cells += [row["published_base"] or "—", row["published_tuned"] or "—"]  # "" never: as_printed
         if reproduced and reference:
@@ -148,7 +163,7 @@ def group_title(group: Group) -> str:
 CSV_FIELDS = [
     "group", "model", "seeds", "benchmark", "metric", "filter", "base", "base_ci", "base_n", "tuned", "tuned_ci",
     "tuned_n", "diff", "ci_low", "ci_high", "p", "test", "significant", "published_base", "published_tuned",
-    "base_minus_published", "tuned_minus_published",
+    "base_minus_published", "tuned_minus_published", "not_comparable",
 ]  # fmt: skip
 
 

@@ -9,8 +9,10 @@ import dataclasses
 import enum
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from claire import ClaireError, cache_root, datafiles
+from claire.machine import Gpu
 from claire.traces import MARKER_STYLES
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -164,9 +167,22 @@ def trainer_values(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
         positive("trainer", "num_train_epochs", trainer.get("num_train_epochs"))
     if schedule.get("warmup_steps", 0) < 0:
         raise ClaireError(f"schedule.warmup_steps={schedule['warmup_steps']} must be >= 0 (a float < 1 is a share)")
+    if cfg.get("keep_global_batch", True):  # configs saved before it existed kept 16 too
+        trainer["gradient_accumulation_steps"] = shared_accumulation(trainer["gradient_accumulation_steps"])
     run = {"output_dir": output_dir, "seed": cfg.seed, "data_seed": cfg.seed, "run_name": cfg.run_name}
     run |= {"report_to": cfg.tracking.report_to, "completion_only_loss": True}
     return {**trainer, **schedule, **run}
+
+
+def shared_accumulation(steps: int) -> int:
+    """Gradient accumulation per process that keeps the global batch of one process across WORLD_SIZE of them."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if steps % world:
+        raise ClaireError(
+            f"trainer.gradient_accumulation_steps={steps} does not divide among {world} processes, so the global "
+            f"batch cannot stay as configured; use a multiple of {world}, or keep_global_batch=false ({world}x larger)"
+        )
+    return steps // world
 
 
 def lora_values(cfg: DictConfig) -> dict[str, Any] | None:
@@ -244,13 +260,28 @@ def check(cfg: DictConfig, output_dir: str) -> dict[str, dict | None]:
     }
 
 
-def build_all(checked: dict[str, dict | None]) -> tuple[Any, Any, Any]:
-    """The library objects (imports trl, peft, transformers); quantization refused without a CUDA GPU."""
-    if checked["BitsAndBytesConfig"] is not None:
-        import torch
+def check_machine(cfg: DictConfig, card: Gpu | None) -> None:
+    """What the machine must offer the run: bitsandbytes and a GPU for quant, one GPU per process."""
+    if cfg.quant is not None:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ClaireError("quant=4bit/8bit needs bitsandbytes, which is not installed: pip install -e '.[gpu]'")
+        if card is None:
+            raise ClaireError("quant=4bit/8bit needs a CUDA GPU; use quant=none on this machine")
+        if cfg.trainer.get("use_cpu"):
+            raise ClaireError(
+                "quant=4bit/8bit loads the weights on the GPU, but trainer=cpu trains on the CPU; "
+                "use trainer=l4 or trainer=a100"
+            )
+    if card is not None and card.count > 1 and "WORLD_SIZE" not in os.environ:
+        raise ClaireError(
+            f"this process sees {card.count} GPUs, and one process on several would be wrapped in DataParallel, "
+            f"which trl refuses; use one (CUDA_VISIBLE_DEVICES=0 python -m claire.train ...) or all "
+            f"(torchrun --nproc_per_node={card.count} -m claire.train ...; docs/train.md, several GPUs)"
+        )
 
-        if not torch.cuda.is_available():
-            raise ClaireError("quant=4bit/8bit needs a CUDA GPU with bitsandbytes; use quant=none on this machine")
+
+def build_all(checked: dict[str, dict | None]) -> tuple[Any, Any, Any]:
+    """The library objects (imports trl, peft, transformers)."""
     groups = {"SFTConfig": "trainer", "LoraConfig": "lora", "BitsAndBytesConfig": "quant"}
     built = {n: build(n, groups[n], v) if v is not None else None for n, v in checked.items()}
     return built["SFTConfig"], built["LoraConfig"], built["BitsAndBytesConfig"]

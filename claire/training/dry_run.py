@@ -3,10 +3,12 @@
 The model is built on the meta device from its architecture alone (model.id's config.json when it is a local
 folder, else the copy shipped in claire/training/architectures/<model.name>.json, else the hub's), the adapter is
 applied as training applies it, and the parameters are counted. GPU memory is then estimated term by term, for bf16 and
-for 4-bit (QLoRA nf4, double quant) weights, at the configured batch and length.
+for 4-bit (QLoRA nf4, double quant) weights, at the configured batch and length. A training run on a CUDA GPU asks
+`fit` the same estimate for its own card before loading anything.
 """
 
 import json
+import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,13 +21,21 @@ from claire.training import checks
 
 ARCHITECTURES = Path(__file__).parent / "architectures"
 GB = 1e9  # decimal gigabytes, as GPUs are sold
-GPUS = {"L4 22 GB": 22 * GB, "A100 40 GB": 40 * GB}  # usable memory (an L4 has 24 GB, some of which CUDA keeps)
+# the cards' total memory in bytes (what CUDA itself keeps of it is the estimate's CUDA context term)
+GPUS = {"L4 24 GB": 24e9, "A100 40 GB": 42.9e9, "A100/H100 80 GB": 85.9e9}
+CHOOSING_GPU = "A100 40 GB"  # where the printout decides a null activation_checkpointing (bf16 weights)
 PRECISIONS = {"bf16": "bf16", "4bit": "4-bit"}
-CUDA_CONTEXT = 1 * GB  # assumption: CUDA context, cuBLAS workspace, allocator fragmentation, 4-bit dequantized tiles
+CUDA_CONTEXT = 1 * GB  # assumption: CUDA context, cuBLAS workspace, 4-bit dequantized tiles
+FRAGMENTATION = 0.10  # assumption: what PyTorch's caching allocator holds beyond its tensors (5-15% is usual)
 # bitsandbytes nf4 with double quant: 4-bit codes, one 8-bit absmax per block of 64, one float32 per 256 blocks
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 # trl's fused LM head (trl.kernels.chunked_logprob): the logits are projected in tiles of 4096 tokens x 32768 columns
 HEAD_TILE = (4096, 32768)
+
+log = logging.getLogger("claire.train")
+CHOSEN = (
+    "activation checkpointing on: the dry-run estimate is %.1f GB without it, %.1f GB with it, on this %s (%.1f GB)"
+)
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,15 @@ def layer_bytes(c: Counts, length: int) -> float:
     return kept
 
 
+def backward_bytes(c: Counts, length: int) -> float:
+    """Gradient bytes per token that one decoder layer's backward pass holds at its peak, beside what the layer kept
+    (with checkpointing, the layer recomputed for it is in the activations term)."""
+    # the larger of the MLP's (bf16 gradients of silu(gate) x up, of silu(gate) and of up, the size of the MLP's part
+    # of layer_bytes) and attention's (q, k and v repeated, and the output; eager: the probabilities, float32 and bf16)
+    attention = 6 * c.heads * length if c.attention == "eager" else 8 * c.q
+    return max(6 * c.intermediate, attention) + 4 * c.hidden  # and the residual stream's gradient, in and summed
+
+
 def head_bytes(c: Counts, tokens: int) -> float:
     """Bytes of the final norm, trl's fused LM head and its loss: the full logits are never built on a GPU."""
     kept = tokens * 6 * c.hidden  # final RMSNorm: float32 input and bf16 output
@@ -196,9 +215,11 @@ def estimate(c: Counts, batch: int, length: int, checkpointing: bool) -> dict[st
             # without checkpointing every layer keeps its activations; with it, only each layer's bf16 input is kept
             # and one layer's activations are recomputed at a time during the backward pass
             "activations": kept,
+            "backward temporaries": backward_bytes(c, length) * tokens,  # ~1 GB for a 7B at 4 x 2048 tokens
             "LM head + loss": head_bytes(c, tokens),
-            "CUDA context (assumed)": CUDA_CONTEXT,
         }
+        terms["fragmentation (assumed 10%)"] = FRAGMENTATION * sum(terms.values())  # of the allocator's tensors
+        terms["CUDA context (assumed)"] = CUDA_CONTEXT
         memory[precision] = terms | {"total": sum(terms.values())}
     return memory
 
@@ -220,6 +241,7 @@ def render(plan: dict[str, Any]) -> str:
     """The dry run's printout: parameters, a table of memory terms x precisions, one verdict line per GPU."""
     c, memory = plan["counts"], plan["memory"]
     adapter = f"LoRA r={plan['lora_r']} on {plan['lora_targets']}" if plan["lora_r"] else "full fine-tuning"
+    width = max(len(term) for term in memory["bf16"]) + 2
     lines = [
         f"claire.train dry run: {plan['model']} ({plan['model_id']}), architecture from {plan['architecture']}; "
         "no weights, data or run folder",
@@ -227,14 +249,16 @@ def render(plan: dict[str, Any]) -> str:
         f"of {c['total']:,} ({short(c['total'])}); {adapter}",
         f"GPU memory for batch {plan['batch']} x {plan['length']} tokens, activation checkpointing "
         f"{'on' if plan['checkpointing'] else 'off'} (GB = 1e9 bytes):",
-        f"  {'':24}{'bf16':>8}{'4-bit':>8}",
+        f"  {'':{width}}{'bf16':>8}{'4-bit':>8}",
     ]
     for term in memory["bf16"]:
         cells = ["n/a" if memory[p] is None else f"{memory[p][term] / GB:.2f}" for p in PRECISIONS]
-        lines.append(f"  {term:24}" + "".join(f"{cell:>8}" for cell in cells))
+        lines.append(f"  {term:{width}}" + "".join(f"{cell:>8}" for cell in cells))
     for gpu, fits in plan["fits"].items():
         said = {True: "fits", False: "does not fit", None: "n/a (QLoRA needs an adapter)"}
         lines.append(f"{gpu}: " + ", ".join(f"{PRECISIONS[p]} {said[f]}" for p, f in fits.items()))
+    if plan["checkpointing_chosen"]:
+        lines.append(chosen_line(plan))
     lines.append(
         f"assumptions: every row max_length tokens; {plan['counts']['attention']} attention; AdamW; trl's fused LM "
         f"head (the full logits would take {plan['full_logits_bytes'] / GB:.2f} GB more); 4-bit = nf4, double quant"
@@ -244,8 +268,27 @@ def render(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Check the config, build the model on the meta device, print and return its counts and memory estimate."""
+def chosen_line(plan: dict[str, Any]) -> str:
+    """How a null trainer.activation_checkpointing was decided for the printout."""
+    why = (
+        f"on here (off would need {plan['off_bytes'] / GB:.2f} GB in bf16, more than an {CHOOSING_GPU} has)"
+        if plan["checkpointing"]
+        else f"off here (it fits an {CHOOSING_GPU} in bf16 without)"
+    )
+    return f"activation checkpointing: null in the config, so {why}; a training run decides for its own card"
+
+
+def configured(trainer: DictConfig) -> bool | None:
+    """The trainer's activation checkpointing: True, False, or None where the memory estimate decides."""
+    setting = trainer.get("activation_checkpointing")
+    if setting is None:  # transformers' old name, where a config still sets it
+        setting = trainer.get("gradient_checkpointing")
+    return None if setting is None else bool(setting)
+
+
+def plan(cfg: DictConfig, checkpointing: bool | None = None) -> dict[str, Any]:
+    """Check the config, build the model on the meta device, return its counts and memory estimate (checkpointing:
+    instead of the trainer's activation_checkpointing)."""
     checked = checks.check(cfg, f"{cfg.output_dir}/checkpoints")
     values = checked["LoraConfig"]
     config, source = architecture(cfg.model)
@@ -253,12 +296,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     c = counts(config, lora, cfg.model.markers, cfg.model.attn_implementation)
     trainer = cfg.trainer
     batch, length = trainer.per_device_train_batch_size, trainer.max_length
-    checkpointing = trainer.get("activation_checkpointing")
-    if checkpointing is None:  # transformers falls back on the old name, which trl's SFTConfig turns on by default
-        checkpointing = trainer.get("gradient_checkpointing", True)
-    checkpointing = bool(checkpointing)
-    memory = estimate(c, batch, length, checkpointing)
-    plan = {
+    setting = configured(trainer) if checkpointing is None else checkpointing
+    memory, off_bytes = estimate(c, batch, length, bool(setting)), None
+    if setting is None and memory["bf16"]["total"] > GPUS[CHOOSING_GPU]:  # null: on where off would not fit
+        memory, off_bytes = estimate(c, batch, length, True), memory["bf16"]["total"]
+    return {
         "model": cfg.model.name,
         "model_id": str(cfg.model.id),
         "architecture": source,
@@ -269,11 +311,57 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "counts": asdict(c),
         "batch": batch,
         "length": length,
-        "checkpointing": checkpointing,
+        "checkpointing": bool(setting) or off_bytes is not None,
+        "checkpointing_chosen": setting is None,
+        "off_bytes": off_bytes,  # bf16 total without checkpointing, where that is why it was chosen
         "memory": memory,
         "fits": verdicts(memory),
         "full_logits_bytes": full_logits_bytes(c, batch * length),
         "cpu_trainer": bool(trainer.get("use_cpu")),
     }
-    print(render(plan))
-    return plan
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Print the plan of a run (python -m claire.train ... dry_run=true) and return it."""
+    result = plan(cfg)
+    print(render(result))
+    return result
+
+
+def needed(memory: dict[str, dict[str, float] | None], precision: str) -> float:
+    """The estimated total at a precision (bf16's where 4-bit does not apply: training refuses that run itself)."""
+    return (memory[precision] or memory["bf16"])["total"]
+
+
+def fit(cfg: DictConfig, card_bytes: float, card_name: str) -> bool:
+    """Whether to train with activation checkpointing on this card: as the trainer sets it, or, where that is null,
+    on only if the estimate needs it; a ClaireError where the estimate exceeds the card's memory."""
+    precision = "4bit" if cfg.quant is not None else "bf16"  # quant=8bit too: its weights counted at half size
+    setting = configured(cfg.trainer)
+    result = plan(cfg, checkpointing=bool(setting))
+    on, total = bool(setting), needed(result["memory"], precision)
+    if setting is None and total > card_bytes:
+        off, on = total, True
+        total = needed(estimate(Counts(**result["counts"]), result["batch"], result["length"], True), precision)
+        if total <= card_bytes:
+            log.info(CHOSEN, off / GB, total / GB, card_name, card_bytes / GB)
+    if total > card_bytes:
+        raise too_big(result, precision, on, total, card_name, card_bytes)
+    return on
+
+
+def too_big(
+    result: dict[str, Any], precision: str, on: bool, total: float, card: str, card_bytes: float
+) -> ClaireError:
+    """The one-line refusal of a run whose estimate exceeds its card, with what would make it fit."""
+    fixes = [] if on else ["trainer.activation_checkpointing=true"]
+    fixes += ["quant=4bit"] if precision == "bf16" else []
+    fixes.append(
+        "a smaller trainer.per_device_train_batch_size or trainer.max_length (keep the global batch with "
+        "trainer.gradient_accumulation_steps)"
+    )
+    return ClaireError(
+        f"the dry-run estimate for this run is {total / GB:.1f} GB ({PRECISIONS[precision]}, batch {result['batch']} x "
+        f"{result['length']}, activation checkpointing {'on' if on else 'off'}) but this {card} has "
+        f"{card_bytes / GB:.1f} GB; use {', '.join(fixes)}, or memory_check=false to try anyway"
+    )

@@ -1,8 +1,10 @@
 """The SFT run itself: data, model, trl SFTTrainer, and the files of the run folder."""
 
+import gc
 import logging
 import os
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,32 +32,87 @@ class ClaireSFTTrainer(SFTTrainer):
 
 
 def train(cfg: DictConfig, checked: dict) -> float:
-    """Train as configured, evaluate, save the run folder; return the sweep objective."""
+    """Train as configured, evaluate, save the run folder; return the sweep objective. However it ends, free the
+    trained model: the trials of a sweep share one process, and Hydra keeps a failed trial's exception."""
+    try:
+        return trained(cfg, checked)
+    except BaseException as error:
+        forget_frames(error)  # the finished frames it carries hold the trainer and the model
+        raise
+    finally:
+        free_memory()
+
+
+def trained(cfg: DictConfig, checked: dict) -> float:
+    """Build the trainer, train and finish (the trainer released however that ends); return the objective."""
     started = time.time()
-    out = Path(cfg.output_dir)
     trainer, checkpoint, tracker_id = build_trainer(cfg, checked)
+    try:
+        pruning = sweep_callback(trainer, cfg)
+        metrics = train_and_finish(trainer, cfg, checkpoint, tracker_id, started)
+        step = trainer.state.global_step
+    finally:
+        release(trainer)
+        del trainer
+    return outcome(cfg, metrics, pruning is not None and pruning.pruned, step)
+
+
+def train_and_finish(
+    trainer: SFTTrainer, cfg: DictConfig, checkpoint: str | None, tracker_id: str | None, started: float
+) -> dict:
+    """Train (from the checkpoint), evaluate and save; a failure ends the tracker's run as failed."""
     args = trainer.args
     log.info("Global batch %d", args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
-    pruning = sweep_callback(trainer, cfg)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = finish(trainer, cfg, out, time.time() - started, tracker_id)
+        return finish(trainer, cfg, Path(cfg.output_dir), time.time() - started, tracker_id)
     except BaseException:
         close_tracking(cfg, "failed")
         raise
-    if pruning is not None and pruning.pruned:
+
+
+def outcome(cfg: DictConfig, metrics: dict, pruned: bool, step: int) -> float:
+    """A pruned trial: mark metrics.json and raise optuna.TrialPruned; else the objective from the metrics."""
+    out = Path(cfg.output_dir)
+    if pruned:
         import optuna
 
         if writes_run_folder():
-            pruned = {"pruned": True, "pruned_at_step": trainer.state.global_step}
-            datafiles.write_json(out / "metrics.json", metrics | pruned)
+            datafiles.write_json(out / "metrics.json", metrics | {"pruned": True, "pruned_at_step": step})
         close_tracking(cfg, "pruned")
-        raise optuna.TrialPruned(f"pruned at step {trainer.state.global_step}; run folder {out}")
+        raise optuna.TrialPruned(f"pruned at step {step}; run folder {out}")
     close_tracking(cfg, "finished")
     if cfg.objective not in metrics:
         raise ClaireError(f"objective={cfg.objective} is not in metrics.json; it has {sorted(metrics)}")
     print(f"claire.train: done; run folder {out} ({cfg.objective}={metrics[cfg.objective]:.4f})")
     return float(metrics[cfg.objective])
+
+
+def release(trainer: SFTTrainer) -> None:
+    """Drop the trainer's references to the model, optimizer, scheduler and data loaders (the accelerator's too)."""
+    trainer.accelerator.free_memory()
+    handler = trainer.callback_handler
+    handler.model = handler.optimizer = handler.lr_scheduler = None
+    handler.train_dataloader = handler.eval_dataloader = None
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+
+
+def forget_frames(error: BaseException | None, seen: set[int] | None = None) -> None:
+    """Clear the local variables of the finished frames in an exception's traceback, and in those it chains."""
+    seen = set() if seen is None else seen
+    if error is None or id(error) in seen:
+        return
+    seen.add(id(error))
+    traceback.clear_frames(error.__traceback__)
+    forget_frames(error.__cause__, seen)
+    forget_frames(error.__context__, seen)
+
+
+def free_memory() -> None:
+    """Collect what the run left unreachable and hand the cached CUDA memory back."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def sweep_callback(trainer: SFTTrainer, cfg: DictConfig) -> Any:
@@ -77,7 +134,7 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
     everyone_checked(args)
     if writes_run_folder():
         run_folders.set_aside_torn(out / "checkpoints")
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cpu_threads(cfg.threads))
     tokenizer = models.load_tokenizer(cfg.model)
     train_set, eval_set, data_report = prepare_data(cfg, tokenizer)
     tracker_id = None
@@ -107,6 +164,14 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
     )
     preview(trainer, tokenizer, cfg, out / "examples.txt")
     return trainer, checkpoint, tracker_id
+
+
+def cpu_threads(configured: int | None) -> int:
+    """threads= if set, else this machine's cores shared by the processes torchrun started on it."""
+    if configured:
+        return configured
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, (os.cpu_count() or 1) // processes)
 
 
 def writes_run_folder() -> bool:
@@ -213,24 +278,25 @@ def render_loss_mask(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
 
 def finish(trainer: SFTTrainer, cfg: DictConfig, out: Path, wall: float, tracker_id: str | None) -> dict:
     """Evaluate, save adapter (and merged model), write metrics.json; push if asked."""
+    peak = gpu_peak()  # read before the final evaluation and merging, which are not training
     state = trainer.state
     evals = [h for h in state.log_history if "eval_loss" in h]
     fresh = evals and evals[-1]["step"] == state.global_step  # the trainer just evaluated: don't repeat it
     eval_metrics = {k: v for k, v in evals[-1].items() if k.startswith("eval_")} if fresh else trainer.evaluate()
     train_logs = [h for h in state.log_history if "train_loss" in h]
-    model = trainer.model
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable, total = parameter_counts(trainer.model)
     metrics = {
         **eval_metrics,
         "train_loss": train_logs[-1]["train_loss"] if train_logs else None,
         "train_runtime_s": train_logs[-1].get("train_runtime") if train_logs else None,
         "trainable_params": trainable,
-        "total_params": sum(p.numel() for p in model.parameters()),
+        "total_params": total,
         "tokens_seen": state.num_input_tokens_seen,
         "steps": state.global_step,
         "epochs": state.epoch,
         "wall_time_s": wall,
         "tracker_run_id": tracker_id,
+        **peak,
         "history": state.log_history,
     }
     if metrics["train_runtime_s"]:
@@ -239,34 +305,83 @@ def finish(trainer: SFTTrainer, cfg: DictConfig, out: Path, wall: float, tracker
     if not writes_run_folder():
         return metrics
     trainer.processing_class.save_pretrained(str(out / "adapter"))
+    if cfg.push_to_hub:  # the card reads the trained model, which merging after QLoRA releases
+        trainer.create_model_card(model_name=cfg.hub_repo_id, tags=["claire", "causal-reasoning", "trl", "sft"])
     if cfg.merge:
-        metrics["merge_max_logit_diff"] = save_merged(trainer, out / "merged")
+        metrics |= save_merged(trainer, cfg, out)
     if cfg.push_to_hub:
-        push(trainer, cfg, out)
+        push(cfg, out)
     datafiles.write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def save_merged(trainer: SFTTrainer, path: Path) -> float:
-    """Merge the adapter into the base weights, save, and return the largest logit change it caused."""
-    model = trainer.model
-    probe = torch.tensor([trainer.train_dataset[0]["input_ids"][:64]], device=model.device)
+def gpu_peak() -> dict[str, int]:
+    """The most GPU memory torch allocated and reserved so far (the dry run's estimate is checked against it)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {
+        "gpu_peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+        "gpu_peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+    }
+
+
+def parameter_counts(model: Any) -> tuple[int, int]:
+    """Trainable and total parameters; a peft model's as peft counts them (a packed 4-bit weight counts in full)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def is_quantized(model: Any) -> bool:
+    """Whether the model (under its adapter) holds bitsandbytes 4- or 8-bit weights, as peft tells them apart."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False))
+
+
+def save_merged(trainer: SFTTrainer, cfg: DictConfig, out: Path) -> dict:
+    """Save the adapter merged into the base weights in merged/; return how it merged and the largest logit change
+    it caused. After QLoRA the base is reloaded in model.dtype: merging into 4-bit weights would re-quantize them."""
+    probe = trainer.train_dataset[0]["input_ids"][:64]
+    tokenizer = trainer.processing_class
+    if not is_quantized(trainer.model):
+        diff = merge_and_save(trainer.model, probe, tokenizer, out / "merged")
+        return {"merge_max_logit_diff": diff, "merged_from": "trained weights"}
+    release(trainer)  # the 4-bit model and optimizer leave the GPU before the full-precision base comes in
+    free_memory()
+    diff = merge_and_save(reloaded(cfg, tokenizer, out / "adapter"), probe, tokenizer, out / "merged")
+    return {"merge_max_logit_diff": diff, "merged_from": f"{cfg.model.dtype} reload"}
+
+
+def reloaded(cfg: DictConfig, tokenizer: Any, adapter: Path) -> Any:
+    """The base model unquantized in model.dtype (on the GPU if there is one) with the saved adapter applied."""
+    from peft import PeftModel
+
+    base = models.load_model(cfg.model, None, tokenizer)
+    if torch.cuda.is_available():
+        base = base.to(torch.device("cuda", torch.cuda.current_device()))
+    return PeftModel.from_pretrained(base, str(adapter))
+
+
+def merge_and_save(model: Any, probe: list[int], tokenizer: Any, path: Path) -> float:
+    """Merge the adapter into the model's weights, save it with the tokenizer; return the largest logit change."""
+    ids = torch.tensor([probe], device=model.device)
     model.eval()
     with torch.no_grad():
-        before = model(input_ids=probe).logits.float()
+        before = model(input_ids=ids).logits.float()
         merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-        after = merged(input_ids=probe).logits.float()
+        after = merged(input_ids=ids).logits.float()
     merged.save_pretrained(str(path))
-    trainer.processing_class.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
     return float((before - after).abs().max())
 
 
-def push(trainer: SFTTrainer, cfg: DictConfig, out: Path) -> None:
-    """Upload the merged model if there is one, else the adapter, with a model card (token from HF_TOKEN)."""
+def push(cfg: DictConfig, out: Path) -> None:
+    """Upload the merged model if there is one, else the adapter, with the model card finish() wrote (token from
+    HF_TOKEN)."""
     from huggingface_hub import HfApi
 
     folder = out / ("merged" if cfg.merge else "adapter")
-    trainer.create_model_card(model_name=cfg.hub_repo_id, tags=["claire", "causal-reasoning", "trl", "sft"])
     if (out / "checkpoints" / "README.md").exists():
         (folder / "README.md").write_text((out / "checkpoints" / "README.md").read_text())
     api = HfApi(token=os.environ.get("HF_TOKEN"))

@@ -244,6 +244,7 @@ class ClaireSweeper(Sweeper):
             beating.join()
         for trial, result in zip(trials, results, strict=True):
             self.tell(study, trial, result)
+            forget_traceback(result)
         return results
 
     def environment(self, url: str, trial: optuna.trial.Trial) -> list[str]:
@@ -277,9 +278,27 @@ class ClaireSweeper(Sweeper):
             told(study, trial, state=optuna.trial.TrialState.PRUNED)
             log.info("Trial %d pruned", trial.number)
             return
-        study._storage.set_trial_user_attr(trial._trial_id, "error", f"{type(error).__name__}: {error}"[:2000])
+        text = f"{type(error).__name__}: {error}"  # logged as text: a handler keeping records keeps no error
+        study._storage.set_trial_user_attr(trial._trial_id, "error", text[:2000])
         told(study, trial, state=optuna.trial.TrialState.FAIL)
-        log.error("Trial %d failed: %s: %s", trial.number, type(error).__name__, error)
+        log.error("Trial %d failed: %s", trial.number, text)
+
+
+class TrialFailed(Exception):
+    """A failed trial's error, kept as its text alone."""
+
+
+def forget_traceback(result: Any) -> None:
+    """Keep only the text of a failed job's error: its traceback's frames hold the trial's model (on the GPU)."""
+    from hydra.core.utils import JobStatus
+
+    error = result._return_value
+    if result.status == JobStatus.COMPLETED or not isinstance(error, BaseException):
+        return
+    if isinstance(error, optuna.TrialPruned):
+        result.return_value = optuna.TrialPruned(str(error))
+    else:
+        result.return_value = TrialFailed(f"{type(error).__name__}: {error}")
 
 
 def told(study: optuna.Study, trial: optuna.trial.Trial, **outcome: Any) -> None:
