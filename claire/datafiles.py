@@ -126,7 +126,7 @@ def _one_type_per_field(rows: list[tuple[int, dict]]) -> tuple[list[dict], list[
     return kept, mistyped
 
 
-def load_raw(data: DictConfig) -> Loaded:
+def load_raw(data: DictConfig, needed: tuple[str, ...] | None = None) -> Loaded:
     """The train and eval splits of a data config's path: hub id, local file or folder, or claire:<packaged file>."""
     splits = {"train": data.train_split, "eval": data.eval_split}
     loaded = load_any(str(data.path), data.config_name)
@@ -142,28 +142,34 @@ def load_raw(data: DictConfig) -> Loaded:
             f"data.path={data.path} has no rows for split(s) {missing}; it has {sorted(loaded)}: "
             "set data.train_split / data.eval_split (or data.split_column) to match"
         )
-    for field in (data.question_field, data.response_field):
+    for field in needed or fields(data):
         if field not in loaded[data.train_split].column_names:
             raise ClaireError(
                 f"data.path={data.path} has no column {field!r}; columns are "
-                f"{loaded[data.train_split].column_names}: set data.question_field / data.response_field"
+                f"{loaded[data.train_split].column_names}: set data.question_field / data.response_field / "
+                "data.answer_field"
             )
     limits = {"train": data.max_train_rows, "eval": data.max_eval_rows}
     return Loaded({role: first_rows(loaded[name], limits[role]) for role, name in splits.items()}, loaded.unreadable)
 
 
-def check_local(data: DictConfig) -> None:
+def fields(data: DictConfig, method: str = "sft") -> tuple[str, str]:
+    """The fields a training method reads: question and trace for SFT, question and gold answer for RL."""
+    return (data.question_field, data.response_field if method == "sft" else data.answer_field)
+
+
+def check_local(data: DictConfig, needed: tuple[str, ...] | None = None) -> None:
     """Before anything heavy loads: a local JSONL data file is readable, has the fields, and few unreadable lines."""
     path = local_path(str(data.path))
     if not (path.is_file() and path.suffix == ".jsonl"):
         return  # other formats and hub datasets are checked when loaded, still before the model
     rows, unreadable = read_jsonl(path, "data.path")
-    fields = sorted({key for row in rows for key in row})
-    for field in (data.question_field, data.response_field):
-        if field not in fields:
+    present = sorted({key for row in rows for key in row})
+    for field in needed or fields(data):
+        if field not in present:
             raise ClaireError(
-                f"data.path={data.path} has no field {field!r}; its fields are {fields}: "
-                "set data.question_field / data.response_field"
+                f"data.path={data.path} has no field {field!r}; its fields are {present}: "
+                "set data.question_field / data.response_field / data.answer_field"
             )
     share = len(unreadable) / (len(rows) + len(unreadable))
     if share > data.max_drop_fraction:

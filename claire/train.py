@@ -32,6 +32,10 @@ def run(cfg: DictConfig) -> float:
     checks.check_machine(cfg, card)
     run_folders.check_run_dir(Path(cfg.output_dir), cfg)  # a folder it may not use: one line, before torch loads
     plan_memory(cfg, checked, card)
+    if cfg.method.name == "grpo":
+        from claire.training import grpo
+
+        return grpo.train(cfg, checked)
     from claire.training import sft
 
     return sft.train(cfg, checked)
@@ -60,7 +64,8 @@ def plan_memory(cfg: DictConfig, checked: dict, card: machine.Gpu | None) -> Non
         chosen = dry_run.fit(cfg, card.memory, card.name)
     elif chosen is None:
         chosen = card is not None  # no estimate asked for: on for a GPU, off on a CPU
-    cfg.trainer.activation_checkpointing = checked["SFTConfig"]["activation_checkpointing"] = bool(chosen)
+    args = checked[checks.trainer_class(checked)]
+    cfg.trainer.activation_checkpointing = args["activation_checkpointing"] = bool(chosen)
 
 
 def join_submitit_ranks() -> None:

@@ -16,8 +16,8 @@ from typing import Any
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from claire.completions import decode
 from claire.models import grow_embeddings
-from claire.traces import TRACE_TAGS
 
 
 @register_model("claire-hf")
@@ -34,9 +34,6 @@ class ClaireHFLM(HFLM):
 
     def tok_decode(self, tokens: Any, skip_special_tokens: bool = True) -> str:
         """The text of tokens; with skip_special_tokens, every special token but the trace markers is dropped."""
-        vocab = self.tokenizer.get_vocab()
-        kept = {vocab[marker] for marker in TRACE_TAGS if marker in vocab}
-        if not skip_special_tokens or not kept:
-            return super().tok_decode(tokens, skip_special_tokens=skip_special_tokens)
-        dropped = set(self.tokenizer.all_special_ids) - kept
-        return self.tokenizer.decode([t for t in tokens if t not in dropped], skip_special_tokens=False)
+        if not skip_special_tokens:
+            return super().tok_decode(tokens, skip_special_tokens=False)
+        return decode(self.tokenizer, tokens)

@@ -29,6 +29,7 @@ DTYPES = ("bfloat16", "float16", "float32")
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
 CLASSES = {
     "SFTConfig": ("trl", "trl"),
+    "GRPOConfig": ("trl", "trl"),
     "LoraConfig": ("peft", "peft"),
     "BitsAndBytesConfig": ("transformers", "transformers"),
 }
@@ -150,19 +151,39 @@ def check_model(cfg: DictConfig) -> None:
         one_of("model.attn_implementation", attention, ATTENTION)
 
 
+# the trl config class of each training method; its fields are the schema of the trainer, schedule and method keys
+METHODS = {"sft": "SFTConfig", "grpo": "GRPOConfig"}
+
+
+def method_class(cfg: DictConfig) -> str:
+    """The trl config class of cfg.method (one line naming the methods if it is none of them)."""
+    one_of("method", cfg.method.name, tuple(METHODS))
+    return METHODS[cfg.method.name]
+
+
 def trainer_values(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
-    """SFTConfig keyword arguments from the trainer, schedule and tracking groups, checked."""
+    """SFTConfig (or GRPOConfig) keyword arguments from the trainer, schedule, method and tracking groups, checked."""
+    name = method_class(cfg)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    method = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
     for key in set(trainer) & set(schedule):
         raise ClaireError(f"trainer.{key} and schedule.{key} both set; keep it in schedule")
-    check_keys("SFTConfig", "trainer", trainer)
-    check_keys("SFTConfig", "schedule", schedule)
+    for key in (set(trainer) | set(schedule)) & set(method):
+        raise ClaireError(f"method.{key} is also set in trainer or schedule; keep it in one place")
+    # max_length is SFTConfig's; under RL it bounds prompt + completion in data preparation
+    max_length = trainer["max_length"] if name == "SFTConfig" else trainer.pop("max_length")
+    check_keys(name, "trainer", trainer)
+    check_keys(name, "schedule", schedule)
+    check_keys(name, "method", method)
     positive("schedule", "learning_rate", schedule.get("learning_rate"))
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
         positive("trainer", key, trainer.get(key))
-    if trainer["max_length"] < 32:
-        raise ClaireError(f"trainer.max_length={trainer['max_length']} is too short for any prompt; use >= 256")
+    positive("trainer", "max_length", max_length)
+    if max_length < 32:
+        raise ClaireError(f"trainer.max_length={max_length} is too short for any prompt; use >= 256")
+    if name != "SFTConfig":
+        check_rl(cfg, max_length)
     if trainer.get("max_steps", -1) <= 0:
         positive("trainer", "num_train_epochs", trainer.get("num_train_epochs"))
     if schedule.get("warmup_steps", 0) < 0:
@@ -170,8 +191,10 @@ def trainer_values(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
     if cfg.get("keep_global_batch", True):  # configs saved before it existed kept 16 too
         trainer["gradient_accumulation_steps"] = shared_accumulation(trainer["gradient_accumulation_steps"])
     run = {"output_dir": output_dir, "seed": cfg.seed, "data_seed": cfg.seed, "run_name": cfg.run_name}
-    run |= {"report_to": cfg.tracking.report_to, "completion_only_loss": True}
-    return {**trainer, **schedule, **run}
+    run |= {"report_to": cfg.tracking.report_to}
+    if name == "SFTConfig":
+        run["completion_only_loss"] = True
+    return {**trainer, **schedule, **method, **run}
 
 
 def shared_accumulation(steps: int) -> int:
@@ -183,6 +206,40 @@ def shared_accumulation(steps: int) -> int:
             f"batch cannot stay as configured; use a multiple of {world}, or keep_global_batch=false ({world}x larger)"
         )
     return steps // world
+
+
+def check_rl(cfg: DictConfig, max_length: int) -> None:
+    """method=grpo: its rewards, room for a completion within max_length, and the SFT run it continues."""
+    if cfg.get("reward") is None:
+        raise ClaireError("method=grpo needs rewards: reward=causal or reward=gsm8k")
+    from claire.training import rewards
+
+    rewards.check(cfg.reward)
+    room = cfg.method.get("max_completion_length", 256)
+    if not whole(room, 1) or room >= max_length:
+        raise ClaireError(
+            f"method.max_completion_length={room!r} leaves no room for a prompt within trainer.max_length={max_length}"
+        )
+    check_init(cfg)
+
+
+def check_init(cfg: DictConfig) -> None:
+    """init=<run folder>: a finished Claire run whose adapter was trained on this run's base model."""
+    if not cfg.get("init"):
+        return
+    folder = Path(str(cfg.init))
+    if not (folder / "adapter" / "adapter_config.json").is_file() or not (folder / "config.yaml").is_file():
+        raise ClaireError(
+            f"init={cfg.init} is not a finished Claire run folder (no adapter/ or config.yaml); "
+            "use init=experiments/<run_name>/<time> of an SFT run"
+        )
+    saved = OmegaConf.load(folder / "config.yaml").model
+    for key in ("id", "gguf_file", "markers"):
+        if saved.get(key) != cfg.model.get(key):
+            raise ClaireError(
+                f"init={cfg.init} was trained with model.{key}={saved.get(key)}, this run has "
+                f"model.{key}={cfg.model.get(key)}; its adapter fits only its own base: use model={saved.name}"
+            )
 
 
 def lora_values(cfg: DictConfig) -> dict[str, Any] | None:
@@ -213,6 +270,9 @@ OBJECTIVES += ("trainable_params", "total_params", "merge_max_logit_diff")
 # what trl's SFTTrainer reports at evaluation
 EVAL_METRICS = ("eval_loss", "eval_mean_token_accuracy", "eval_entropy", "eval_num_tokens", "eval_runtime")
 EVAL_METRICS += ("eval_samples_per_second", "eval_steps_per_second")
+# what trl's GRPOTrainer reports at evaluation besides eval_loss; eval_rewards/<function>/mean per reward function
+EVAL_METRICS += ("eval_reward", "eval_reward_std", "eval_kl", "eval_completions/mean_length")
+EVAL_METRICS += ("eval_completions/clipped_ratio",)
 
 
 def whole(value: Any, least: int) -> bool:
@@ -223,8 +283,8 @@ def whole(value: Any, least: int) -> bool:
 def check_run(cfg: DictConfig) -> None:
     """Top-level keys: objective, direction, data share, hub push."""
     one_of("direction", cfg.direction, ("minimize", "maximize"))
-    tasks = tuple(str(task) for task in cfg.eval.get("tasks") or [])
-    if cfg.objective not in (*EVAL_METRICS, *OBJECTIVES) and not (tasks and str(cfg.objective).startswith(tasks)):
+    prefixes = (*(str(task) for task in cfg.eval.get("tasks") or []), "eval_rewards/")
+    if cfg.objective not in (*EVAL_METRICS, *OBJECTIVES) and not str(cfg.objective).startswith(prefixes):
         raise ClaireError(
             f"objective={cfg.objective} is not a metric of metrics.json; choose one of {[*EVAL_METRICS, *OBJECTIVES]}"
         )
@@ -244,17 +304,20 @@ def check_run(cfg: DictConfig) -> None:
         raise ClaireError(
             f"run_name={cfg.run_name} would leave experiments/; use a plain name, or output_dir=<folder> for elsewhere"
         )
+    if cfg.get("init") and cfg.method.name == "sft":
+        raise ClaireError("init= starts RL from an SFT run: add method=grpo (resume= goes on with an SFT run)")
     if cfg.push_to_hub and not cfg.hub_repo_id:
         raise ClaireError("push_to_hub=true needs hub_repo_id=<user>/<repo> (and HF_TOKEN in the environment)")
 
 
 def check(cfg: DictConfig, output_dir: str) -> dict[str, dict | None]:
-    """All fast checks; returns the checked keyword arguments of SFTConfig, LoraConfig, BitsAndBytesConfig."""
+    """All fast checks; returns the checked keyword arguments of the method's trl config (SFTConfig or GRPOConfig),
+    LoraConfig and BitsAndBytesConfig, by class name."""
     check_run(cfg)
     check_model(cfg)
-    datafiles.check_local(cfg.data)
+    datafiles.check_local(cfg.data, datafiles.fields(cfg.data, cfg.method.name))
     return {
-        "SFTConfig": trainer_values(cfg, output_dir),
+        method_class(cfg): trainer_values(cfg, output_dir),
         "LoraConfig": lora_values(cfg),
         "BitsAndBytesConfig": quant_values(cfg),
     }
@@ -282,6 +345,11 @@ def check_machine(cfg: DictConfig, card: Gpu | None) -> None:
 
 def build_all(checked: dict[str, dict | None]) -> tuple[Any, Any, Any]:
     """The library objects (imports trl, peft, transformers)."""
-    groups = {"SFTConfig": "trainer", "LoraConfig": "lora", "BitsAndBytesConfig": "quant"}
+    groups = {**dict.fromkeys(METHODS.values(), "trainer"), "LoraConfig": "lora", "BitsAndBytesConfig": "quant"}
     built = {n: build(n, groups[n], v) if v is not None else None for n, v in checked.items()}
-    return built["SFTConfig"], built["LoraConfig"], built["BitsAndBytesConfig"]
+    return built[trainer_class(checked)], built["LoraConfig"], built["BitsAndBytesConfig"]
+
+
+def trainer_class(checked: dict[str, dict | None]) -> str:
+    """Which trl config class the checked values are for (SFTConfig or GRPOConfig)."""
+    return next(name for name in checked if name in METHODS.values())

@@ -43,6 +43,35 @@ def prepare_split(rows: datasets.Dataset, data: DictConfig, markers: str) -> tup
     return datasets.Dataset.from_list(kept), dropped
 
 
+GOLD = ("edges",)  # gold fields a reward reads besides the answer (the causal suite's graph), kept when present
+
+
+def prepare_prompts(rows: datasets.Dataset, data: DictConfig) -> tuple[datasets.Dataset, Counter]:
+    """Rows for reinforcement learning: the prompt as SFT builds it, the gold answer, and the gold graph if any."""
+    kept, dropped = [], Counter()
+    for row in rows:
+        question, gold = row[data.question_field], row[data.answer_field]
+        if not isinstance(question, str) or not question.strip():
+            dropped["empty" if not question else f"{data.question_field}_not_text"] += 1
+            continue
+        if gold is None or not str(gold).strip():
+            dropped["no_answer"] += 1
+            continue
+        prompt = to_conversation(question.strip(), "", data.system_prompt)["prompt"]
+        # GSM8K's gold solutions end with "#### <answer>": the answer is what follows
+        answer = str(gold).rsplit("####", 1)[-1].strip()
+        kept.append({"prompt": prompt, "answer": answer, **{k: row[k] for k in GOLD if k in row}})
+    return datasets.Dataset.from_list(kept), dropped
+
+
+def drop_long_prompts(split: datasets.Dataset, tokenizer: Any, max_prompt: int, dropped: Counter) -> datasets.Dataset:
+    """Drop rows whose prompt (with the generation prompt) exceeds max_prompt tokens."""
+    lengths = [len(_chat_ids(tokenizer, row["prompt"], generation_prompt=True)) for row in split]
+    keep = [i for i, n in enumerate(lengths) if n <= max_prompt]
+    dropped["too_long"] += len(split) - len(keep)
+    return split.select(keep)
+
+
 def drop_too_long(
     split: datasets.Dataset, tokenizer: Any, max_length: int, dropped: Counter
 ) -> tuple[datasets.Dataset, int]:

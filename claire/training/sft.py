@@ -1,11 +1,14 @@
 """The SFT run itself: data, model, trl SFTTrainer, and the files of the run folder."""
 
 import gc
+import json
 import logging
 import os
 import time
 import traceback
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +34,11 @@ class ClaireSFTTrainer(SFTTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-def train(cfg: DictConfig, checked: dict) -> float:
+def train(cfg: DictConfig, checked: dict, build: Callable | None = None) -> float:
     """Train as configured, evaluate, save the run folder; return the sweep objective. However it ends, free the
     trained model: the trials of a sweep share one process, and Hydra keeps a failed trial's exception."""
     try:
-        return trained(cfg, checked)
+        return trained(cfg, checked, build or build_trainer)
     except BaseException as error:
         forget_frames(error)  # the finished frames it carries hold the trainer and the model
         raise
@@ -43,10 +46,10 @@ def train(cfg: DictConfig, checked: dict) -> float:
         free_memory()
 
 
-def trained(cfg: DictConfig, checked: dict) -> float:
+def trained(cfg: DictConfig, checked: dict, build: Callable) -> float:
     """Build the trainer, train and finish (the trainer released however that ends); return the objective."""
     started = time.time()
-    trainer, checkpoint, tracker_id = build_trainer(cfg, checked)
+    trainer, checkpoint, tracker_id = build(cfg, checked)
     try:
         pruning = sweep_callback(trainer, cfg)
         metrics = train_and_finish(trainer, cfg, checkpoint, tracker_id, started)
@@ -126,8 +129,22 @@ def sweep_callback(trainer: SFTTrainer, cfg: DictConfig) -> Any:
     return callback
 
 
-def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | None, str | None]:
-    """Run folder, data, tokenizer, model and SFTTrainer; returns it with the checkpoint to resume from."""
+@dataclass
+class Prepared:
+    """What every method builds before its model loads: checked library objects, tokenizer, data, run folder."""
+
+    args: Any
+    lora: Any
+    quant: Any
+    checkpoint: str | None
+    tokenizer: Any
+    train_set: Any
+    eval_set: Any
+    tracker_id: str | None
+
+
+def prepare_run(cfg: DictConfig, checked: dict) -> Prepared:
+    """Library objects, tokenizer and data; then the run folder (record, config, data report, manifest, tracker)."""
     out = Path(cfg.output_dir)
     args, lora, quant = checks.build_all(checked)
     checkpoint = run_folders.check_run_dir(out, cfg)
@@ -145,25 +162,37 @@ def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | Non
             (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(configs.resolved(cfg))))
         datafiles.write_json(out / "data_report.json", data_report)
         fingerprint = preprocess.fingerprint(train_set, eval_set)
-        rows = data_report["kept"]
-        datafiles.write_json(
-            out / "manifest.json",
-            run_folders.manifest(cfg, {"path": str(cfg.data.path), "fingerprint": fingerprint, "rows": rows}),
-        )
+        data = {"path": str(cfg.data.path), "fingerprint": fingerprint, "rows": data_report["kept"]}
+        datafiles.write_json(out / "manifest.json", run_folders.manifest(cfg, data) | started_from(cfg))
         tracker_id = start_tracking(cfg, out)
-    model = models.load_model(cfg.model, quant, tokenizer)
-    if lora is not None and cfg.model.markers == "special":
-        models.train_marker_embeddings(lora, model.config.get_text_config())
+    return Prepared(args, lora, quant, checkpoint, tokenizer, train_set, eval_set, tracker_id)
+
+
+def started_from(cfg: DictConfig) -> dict[str, Any]:
+    """The run this one continues (init=): its folder and the data it was trained on, for the manifest."""
+    if not cfg.get("init"):
+        return {}
+    manifest = Path(str(cfg.init)) / "manifest.json"
+    data = json.loads(manifest.read_text()).get("data") if manifest.is_file() else None
+    return {"init": {"run": str(Path(str(cfg.init)).resolve()), "data": data}}
+
+
+def build_trainer(cfg: DictConfig, checked: dict) -> tuple[SFTTrainer, str | None, str | None]:
+    """Run folder, data, tokenizer, model and SFTTrainer; returns it with the checkpoint to resume from."""
+    run = prepare_run(cfg, checked)
+    model = models.load_model(cfg.model, run.quant, run.tokenizer)
+    if run.lora is not None and cfg.model.markers == "special":
+        models.train_marker_embeddings(run.lora, model.config.get_text_config())
     trainer = ClaireSFTTrainer(
         model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        peft_config=lora,
+        args=run.args,
+        train_dataset=run.train_set,
+        eval_dataset=run.eval_set,
+        processing_class=run.tokenizer,
+        peft_config=run.lora,
     )
-    preview(trainer, tokenizer, cfg, out / "examples.txt")
-    return trainer, checkpoint, tracker_id
+    preview(trainer, run.tokenizer, cfg, Path(cfg.output_dir) / "examples.txt")
+    return trainer, run.checkpoint, run.tracker_id
 
 
 def cpu_threads(configured: int | None) -> int:
@@ -186,16 +215,25 @@ def everyone_checked(args: Any) -> None:
 
 
 def prepare_data(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any, dict]:
-    """Raw traces -> prompt/completion splits, malformed and over-long rows dropped and counted."""
-    raw = datafiles.load_raw(cfg.data)
+    """Raw rows -> prompt/completion splits (SFT) or prompt/gold-answer splits (RL), malformed and over-long rows
+    dropped and counted."""
+    rl = cfg.method.name != "sft"
+    raw = datafiles.load_raw(cfg.data, datafiles.fields(cfg.data, cfg.method.name))
     max_length = cfg.trainer.max_length
     prepared, report = {}, {"dropped": {}, "kept": {}, "raw": {}}
     for split, rows in raw.items():
-        kept, dropped = preprocess.prepare_split(rows, cfg.data, cfg.model.markers)
+        if rl:
+            kept, dropped = preprocess.prepare_prompts(rows, cfg.data)
+        else:
+            kept, dropped = preprocess.prepare_split(rows, cfg.data, cfg.model.markers)
         unreadable = len(raw.unreadable) if split == "train" else 0  # a file's lines hold no split: counted here
         if unreadable:
             dropped["unreadable_line"] += unreadable
-        kept, longest_prompt = preprocess.drop_too_long(kept, tokenizer, max_length, dropped)
+        if rl:  # a prompt must leave room for a whole completion
+            kept = preprocess.drop_long_prompts(kept, tokenizer, max_length - cfg.method.max_completion_length, dropped)
+            longest_prompt = 0
+        else:
+            kept, longest_prompt = preprocess.drop_too_long(kept, tokenizer, max_length, dropped)
         if longest_prompt > max_length:
             raise ClaireError(
                 f"trainer.max_length={max_length} is below the longest {split} prompt ({longest_prompt} tokens); "
@@ -285,6 +323,7 @@ def finish(trainer: SFTTrainer, cfg: DictConfig, out: Path, wall: float, tracker
     eval_metrics = {k: v for k, v in evals[-1].items() if k.startswith("eval_")} if fresh else trainer.evaluate()
     train_logs = [h for h in state.log_history if "train_loss" in h]
     trainable, total = parameter_counts(trainer.model)
+    summary = trainer.run_summary() if hasattr(trainer, "run_summary") else {}  # what a method adds (RL: rewards)
     metrics = {
         **eval_metrics,
         "train_loss": train_logs[-1]["train_loss"] if train_logs else None,
@@ -297,6 +336,7 @@ def finish(trainer: SFTTrainer, cfg: DictConfig, out: Path, wall: float, tracker
         "wall_time_s": wall,
         "tracker_run_id": tracker_id,
         **peak,
+        **summary,
         "history": state.log_history,
     }
     if metrics["train_runtime_s"]:

@@ -1,0 +1,108 @@
+"""method=grpo (issue 18): GRPO through claire.train on a tiny random model, in seconds, and the one-line refusals."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, compose_train, tiny_overrides
+
+from claire import ClaireError
+from claire.train import run
+from claire.training import checks
+
+# a seconds-long GRPO run: per step one prompt x 2 completions of up to 12 tokens, 2 steps, 2 eval prompts
+GRPO = [
+    "method=grpo",
+    "method.num_generations=2",
+    "method.max_completion_length=12",
+    "trainer.per_device_train_batch_size=2",
+    "trainer.per_device_eval_batch_size=2",
+    "trainer.max_steps=2",
+    "trainer.eval_steps=2",
+    "trainer.save_steps=2",
+    "data.max_train_rows=8",
+    "data.max_eval_rows=2",
+]
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tiny_model_dir, tmp_path_factory):
+    """A finished GRPO run of the tiny model on the embedded sample, from a fresh adapter."""
+    out = tmp_path_factory.mktemp("grpo") / "run"
+    run(compose_train(*tiny_overrides(tiny_model_dir, out, *GRPO)))
+    return out
+
+
+def test_a_grpo_run_leaves_a_self_describing_folder(grpo_run):
+    names = {p.name for p in grpo_run.iterdir()}
+    assert {"config.yaml", "manifest.json", "data_report.json", "metrics.json", "adapter", "samples.jsonl"} <= names
+    metrics = read(grpo_run / "metrics.json")
+    assert metrics["steps"] == 2 and "eval_reward" in metrics and metrics["trainable_params"] > 0
+    curves = metrics["curves"]
+    assert {"reward", "kl", "completions/clipped_ratio", "rewards/answer/mean", "rewards/format/mean"} <= set(curves)
+    assert [step for step, _ in curves["reward"]] == [1, 2]  # one point per optimizer step
+    assert read(grpo_run / "data_report.json")["kept"] == {"train": 8, "eval": 2}
+
+
+def test_the_samples_hold_what_the_policy_wrote_with_its_rewards(grpo_run):
+    rows = [json.loads(line) for line in (grpo_run / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2  # 2 logged steps x (1 prompt x 2 completions)
+    assert {row["step"] for row in rows} == {1, 2}
+    assert all(row["question"].startswith("A causal system") and isinstance(row["completion"], str) for row in rows)
+    assert all({"answer", "format"} <= set(row["rewards"]) for row in rows)
+
+
+def test_grpo_continues_an_sft_runs_adapter(tiny_model_dir, tmp_path):
+    sft_run = tmp_path / "sft"
+    run(compose_train(*tiny_overrides(tiny_model_dir, sft_run, "trainer.max_steps=1", "data.max_train_rows=4")))
+    out = tmp_path / "grpo"
+    run(compose_train(*tiny_overrides(tiny_model_dir, out, *GRPO, f"init={sft_run}", "lora=r16")))
+    assert read(out / "manifest.json")["init"]["run"] == str(sft_run.resolve())
+    assert read(out / "adapter" / "adapter_config.json")["r"] == 8  # the SFT run's r8 adapter, not lora=r16's
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["init=/no/such/run"], "init=/no/such/run is not a finished Claire run folder"),
+        (["+method.num_generation=4"], "method.num_generation is not a GRPOConfig option"),
+        (["method.max_completion_length=4096"], "leaves no room for a prompt within trainer.max_length=1024"),
+        (["+schedule.beta=0.1"], "method.beta is also set in trainer or schedule"),
+    ],
+)
+def test_bad_grpo_settings_fail_in_one_line_before_any_model_loads(tmp_path, overrides, message):
+    cfg = compose_train("method=grpo", *overrides, f"output_dir={tmp_path / 'run'}")
+    with pytest.raises(ClaireError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        checks.check(cfg, str(tmp_path))
+
+
+def test_init_needs_grpo_and_a_run_of_the_same_base(tiny_model_dir, tmp_path):
+    saved = tmp_path / "sft"
+    (saved / "adapter").mkdir(parents=True)
+    (saved / "adapter" / "adapter_config.json").write_text("{}")
+    (saved / "config.yaml").write_text("model: {name: qwen2.5-0.5b, id: Qwen/Qwen2.5-0.5B-Instruct, markers: native}\n")
+    with pytest.raises(ClaireError, match="init= starts RL from an SFT run: add method=grpo"):
+        checks.check(compose_train(f"init={saved}"), str(tmp_path))
+    mismatch = r"was trained with model.id=Qwen/Qwen2.5-0.5B-Instruct.*use model=qwen2.5-0.5b"
+    with pytest.raises(ClaireError, match=mismatch):
+        checks.check(compose_train("method=grpo", f"init={saved}"), str(tmp_path))
+
+
+@pytest.mark.parametrize(("override", "shown"), [("method=ppo", "method/ppo"), ("reward=nope", "reward/nope")])
+def test_an_unknown_method_or_reward_lists_the_choices(override, shown):
+    done = subprocess.run(
+        [sys.executable, "-m", "claire.train", override, "--cfg", "job"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and f"Could not find '{shown}'" in done.stderr and "Available options" in done.stderr
+
+
+def test_the_gpu_presets_compose_and_pass_the_checks_with_grpo(tmp_path):
+    for trainer in ("a100", "l4"):
+        cfg = compose_train("method=grpo", "model=1.5b", f"trainer={trainer}", f"output_dir={tmp_path / trainer}")
+        args = checks.check(cfg, str(tmp_path))["GRPOConfig"]
+        assert args["num_generations"] == 8 and "max_length" not in args
