@@ -21,6 +21,7 @@ SECTION_MARKERS = {
 }
 LOOP_MAX_PERIOD = 300  # characters: a looping line or n-gram is at most this long
 LOOP_MIN_CHARS = 64  # a repeated tail shorter than this ('10000', '...') is not a loop
+LOOP_MIN_REPEATS = 4  # a unit repeated fewer times is a list or an emphasis, not a loop
 
 
 def marker_ids(tokenizer: Any) -> set[int]:
@@ -40,7 +41,7 @@ def decode(tokenizer: Any, ids: Any) -> str:
     return tokenizer.decode([t for t in ids if t not in dropped], skip_special_tokens=False)
 
 
-def looping(text: str, min_repeats: int = 4, min_chars: int = LOOP_MIN_CHARS) -> bool:
+def looping(text: str, min_repeats: int = LOOP_MIN_REPEATS, min_chars: int = LOOP_MIN_CHARS) -> bool:
     """Whether the text ends repeating one line or n-gram, at least min_repeats times and min_chars in all.
 
     Whitespace is normalised first, and the last repeat may be cut short (the token limit cuts mid-line).

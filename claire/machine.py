@@ -54,6 +54,14 @@ def gpu() -> Gpu | None:
 LARGE_CARD = 35e9  # bytes: an A100 40 GB and up takes trainer=a100, anything smaller trainer=l4
 
 
+def if_vllm(available: Any, missing: Any) -> Any:
+    """The first value where vLLM can generate (an NVIDIA driver and vLLM installed), else the second (a resolver)."""
+    import importlib.util
+
+    driver = any(Path(path).exists() for path in DRIVER_FILES[:2])
+    return available if driver and importlib.util.find_spec("vllm") is not None else missing
+
+
 def gpu_trainer(card: Gpu) -> str:
     """The trainer preset for this card: a100 (no forced activation checkpointing) from 35 GB, else l4."""
     return "a100" if card.memory >= LARGE_CARD else "l4"

@@ -4,7 +4,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from claire.machine import if_cpu_bf16
+from claire.machine import if_cpu_bf16, if_vllm
 from claire.run_folders import eval_dir, run_dir
 
 
@@ -21,6 +21,7 @@ def method_tag(method: str) -> str:
 def register() -> None:
     """Make the resolvers of conf/ known to OmegaConf (idempotent)."""
     OmegaConf.register_new_resolver("claire_if_cpu_bf16", if_cpu_bf16, replace=True)
+    OmegaConf.register_new_resolver("claire_if_vllm", if_vllm, replace=True)
     OmegaConf.register_new_resolver("claire_run_dir", run_dir, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("claire_lora_tag", lora_tag, replace=True)
     OmegaConf.register_new_resolver("claire_method_tag", method_tag, replace=True)

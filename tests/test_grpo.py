@@ -106,3 +106,40 @@ def test_the_gpu_presets_compose_and_pass_the_checks_with_grpo(tmp_path):
         cfg = compose_train("method=grpo", "model=1.5b", f"trainer={trainer}", f"output_dir={tmp_path / trainer}")
         args = checks.check(cfg, str(tmp_path))["GRPOConfig"]
         assert args["num_generations"] == 8 and "max_length" not in args
+
+
+def test_claire_evaluate_scores_a_grpo_run_as_it_scores_an_sft_run(grpo_run, tmp_path):
+    pytest.importorskip("lm_eval")
+    from conftest import compose_evaluate
+
+    from claire import evaluate
+
+    overrides = [f"run={grpo_run}", f"output_dir={tmp_path / 'eval'}", "tasks=[claire_causal]", "limit=2"]
+    overrides += ["threads=1", "gen_kwargs.max_gen_toks=8", "backend.batch_size=2", "backend.dtype=float32"]
+    evaluate.run(compose_evaluate(*overrides))
+    tuned = read(tmp_path / "eval" / "tuned" / "results.json")
+    assert tuned["config"]["model_args"]["peft"] == str(grpo_run / "adapter") and "claire_causal" in tuned["results"]
+
+
+def test_a_grpo_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tiny_model_dir, out, *GRPO, "trainer.save_steps=1")
+    run(compose_train(*overrides))
+    (out / "metrics.json").unlink()  # as if it had been killed after its first checkpoint
+    shutil.rmtree(out / "checkpoints" / "checkpoint-2")
+    run(compose_train(*overrides, "resume=true"))
+    metrics = read(out / "metrics.json")
+    assert metrics["steps"] == 2 and [step for step, _ in metrics["curves"]["reward"]] == [1, 2]
+
+
+def test_generation_uses_vllm_where_a_gpu_and_vllm_are_there(monkeypatch, tmp_path):
+    import importlib.util
+
+    from claire import machine
+
+    assert compose_train("method=grpo").method.use_vllm is False  # this machine: no GPU, no vLLM
+    monkeypatch.setattr(machine, "DRIVER_FILES", (str(tmp_path), str(tmp_path)))  # a driver file that exists
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # and vLLM installed
+    assert compose_train("method=grpo").method.use_vllm is True

@@ -1,7 +1,8 @@
 """What claire.evaluate makes of lm-eval's results: rows, paired comparisons, the judge, format failures, summary.
 
 lm-eval reports each (metric, filter) pair on its own; Claire reads its per-sample logs to compare base and
-fine-tuned item by item (claire.stats), to count outputs with no answer or cut off at the token limit, and to count
+fine-tuned item by item (claire.stats), to count outputs with no answer, cut off at the token limit or looping (one
+line or n-gram repeated to the end: each a format failure, counted once however many ways it fails), and to count
 "false wrong" items: strict-match says wrong where Claire's answer reader (and the judge) say right.
 """
 
@@ -13,11 +14,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from claire import ClaireError, answers, stats
+from claire import ClaireError, answers, completions, stats
 from claire.evaluation import harness
 
 STRICT, CLAIRE, JUDGE = "strict-match", "claire", "judge"
 INVALID = "[invalid]"  # lm-eval's (and the claire filter's) mark for "no answer found"
+LOOP_NOTE = (
+    f"Looping: the output ends repeating one line or n-gram ({completions.LOOP_MIN_REPEATS} times or more, "
+    f"{completions.LOOP_MIN_CHARS} characters or more). Format failures: the outputs with no answer (Claire's "
+    "reader's, else no answer marker) or looping, each counted once."
+)
 log = logging.getLogger("claire.evaluate")
 
 
@@ -38,7 +44,7 @@ def score(cfg: DictConfig, evaluated: dict[str, dict], out: Path) -> dict[str, A
                 rows += judge_rows(label, judged, results)
                 items[label] |= judged
         for task in generative:
-            failures.append(format_failures(cfg, label, task, results))
+            failures.append(format_failures(cfg, label, task, results) | loops(task, results))
             counted = count_false_wrong(label, task, items[label])
             if counted:
                 false_wrong.append(counted)
@@ -167,6 +173,32 @@ def format_failures(cfg: DictConfig, label: str, task: str, results: dict) -> di
     }
 
 
+def loops(task: str, results: dict) -> dict:
+    """Outputs of one task that loop, and the format failures in all: each output that loops or has no answer, once."""
+    samples = results["samples"].get(task, [])
+    outputs = {doc_id: row["resps"][0][0] or "" for doc_id, row in raw_outputs(samples).items()}
+    looped = {doc_id for doc_id, text in outputs.items() if completions.looping(text)}
+    unanswered = answerless(samples, outputs)
+    n, failed = len(outputs), len(looped | unanswered)
+    return {"looping": len(looped), "looping_share": _share(len(looped), n)} | {
+        "looping_answered": len(looped - unanswered),  # what looping adds to the answer-less ones
+        "failed": failed,
+        "failed_share": _share(failed, n),
+    }
+
+
+def answerless(samples: list[dict], outputs: dict[int, str]) -> set[int]:
+    """The documents with no answer: the claire reader's [invalid] where the task has it, else no answer marker."""
+    reads = {row["doc_id"]: row["filtered_resps"][0] for row in samples if row["filter"] == CLAIRE}
+    if reads:
+        return {doc_id for doc_id, read in reads.items() if read == INVALID}
+    return {doc_id for doc_id, text in outputs.items() if not answers.has_answer_marker(text)}
+
+
+def _share(count: int, n: int) -> float | None:
+    return count / n if n else None
+
+
 def token_lengths(results: dict, outputs: list[str]) -> list[int] | None:
     """Token counts of outputs under the evaluated model's tokenizer (None where the backend has no local one)."""
     args = results.get("config", {}).get("model_args") or {}
@@ -264,6 +296,8 @@ def flat_metrics(rows: list[dict], failures: list[dict], false_wrong: list[dict]
         metrics |= {
             f"{f['model']}/{f['task']}/no_answer": f["no_answer"],
             f"{f['model']}/{f['task']}/runaway": f["runaway"],
+            f"{f['model']}/{f['task']}/looping_share": f["looping_share"],
+            f"{f['model']}/{f['task']}/format_failure_share": f["failed_share"],
         }
     for f in false_wrong:
         prefix = f"{f['model']}/{f['task']}"
@@ -353,13 +387,20 @@ def _failure_lines(report: dict) -> list[str]:
         return []
     lines = ["", "## Format failures", ""]
     lines += [
-        "| Model | Task | n | no Claire answer marker | no answer Claire's reader can read | ran to the token limit |"
+        "| Model | Task | n | no Claire answer marker | no answer Claire's reader can read | ran to the token limit "
+        "| looping | format failures |"
     ]
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for f in report["format_failures"]:
         cells = [stats.LABELS[f["model"]], f["task"], f["n"], f["no_marker"], f["no_answer"], f["runaway"]]
+        cells += [_counted(f["looping"], f["looping_share"]), _counted(f["failed"], f["failed_share"])]
         lines.append("| " + " | ".join("—" if c is None else str(c) for c in cells) + " |")
+    lines += ["", LOOP_NOTE]
     return lines
+
+
+def _counted(count: int, share: float | None) -> str:
+    return f"{count} ({share:.1%})" if share is not None else str(count)
 
 
 def _false_wrong_lines(report: dict) -> list[str]:
