@@ -224,6 +224,7 @@ SHIPPED = {  # every task Claire ships -> the keys its results must hold
     "claire_gpqa_diamond_cot": {"exact_match,strict-match", "exact_match,flexible-extract", "exact_match,claire"},
     "claire_gpqa_extended_cot": {"exact_match,strict-match", "exact_match,flexible-extract", "exact_match,claire"},
     "claire_causal": {"acc,none", "graph_f1,none", "acc_rung0,none"},
+    "claire_causal_sampled": {"pass_at_1,k8", "pass_at_k,k8", "graph_f1,k8"},
 }
 
 
@@ -253,4 +254,17 @@ def test_each_shipped_task_runs_offline_on_the_hf_backend(task, tiny_hf, gsm8k_f
     assert SHIPPED[task] <= set(out["results"][task])
     assert out["n-samples"][task]["effective"] == 2
     sample = out["samples"][task][0]
+    if task == "claire_causal_sampled":  # k samples per question reach the scorer, not the first alone
+        assert len(sample["resps"][0]) == 8 and len(sample["filtered_resps"][0]) == 8
     assert "<|im_start|>user\n" in str(sample["arguments"][0][0])  # the chat template was applied
+
+
+def test_sampled_causal_scores_pass_at_1_and_pass_at_k():
+    from claire.evaluation.tasks.causal import utils
+
+    doc = {"answer": "G", "edges": [["G", "A"], ["A", "B"]]}
+    right = "think\nI follow the arrows.\ncausality\nG -> A\nA -> B\nanswer\nG"
+    wrong = "think\nI follow the arrows.\ncausality\nA -> G\nanswer\nB"
+    scored = utils.process_sampled(doc, [[right, wrong, wrong, wrong]])
+    assert (scored["pass_at_1"], scored["pass_at_k"]) == (0.25, 1.0)
+    assert utils.process_sampled(doc, [[wrong] * 4])["pass_at_k"] == 0.0

@@ -36,3 +36,12 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
         "graph_recall": graph["recall"],
         "graph_shd": float(graph["shd"]),
     }
+
+
+def process_sampled(doc: dict, results: list[list[str]]) -> dict[str, float]:
+    """Of k samples of one question: the share correct (pass@1), whether any is (pass@k), their mean graph F1."""
+    outputs = results[0] if results and isinstance(results[0], list) else results
+    right = [answers.causal_correct(output, doc["answer"]) for output in outputs]
+    names = sorted({v for edge in doc["edges"] for v in edge})
+    f1 = [graphs.graph_metrics(output, doc["edges"], names)["f1"] for output in outputs]
+    return {"pass_at_1": sum(right) / len(right), "pass_at_k": float(any(right)), "graph_f1": sum(f1) / len(f1)}
