@@ -130,6 +130,8 @@ def load_raw(data: DictConfig, needed: tuple[str, ...] | None = None) -> Loaded:
     """The train and eval splits of a data config's path: hub id, local file or folder, or claire:<packaged file>."""
     splits = {"train": data.train_split, "eval": data.eval_split}
     loaded = load_any(str(data.path), data.config_name)
+    if data.eval_split is None and data.train_split in loaded:  # no eval split of its own (GSM8K): carve one
+        loaded, splits["eval"] = Loaded(carve_eval(loaded[data.train_split], data), loaded.unreadable), "eval"
     if data.split_column and set(loaded) == {"train"} and data.split_column in loaded["train"].column_names:
         rows = loaded["train"]
         loaded = Loaded(
@@ -156,6 +158,20 @@ def load_raw(data: DictConfig, needed: tuple[str, ...] | None = None) -> Loaded:
 def fields(data: DictConfig, method: str = "sft") -> tuple[str, str]:
     """The fields a training method reads: question and trace for SFT, question and gold answer for RL."""
     return (data.question_field, data.response_field if method == "sft" else data.answer_field)
+
+
+def carve_eval(rows: "datasets.Dataset", data: DictConfig) -> dict[str, "datasets.Dataset"]:
+    """A stable share (data.eval_share) of the train rows as the eval split, chosen by a hash of the question."""
+    from claire.splits import bucket
+
+    share = data.get("eval_share")
+    if not isinstance(share, float) or not 0 < share < 1:
+        raise ClaireError(f"data.eval_split is null, so data.eval_share must be a share in (0, 1), not {share}")
+    held = [bucket(str(question), 0) < share for question in rows[data.question_field]]
+    return {
+        data.train_split: rows.select([i for i, h in enumerate(held) if not h]),
+        "eval": rows.select([i for i, h in enumerate(held) if h]),
+    }
 
 
 def check_local(data: DictConfig, needed: tuple[str, ...] | None = None) -> None:

@@ -211,7 +211,10 @@ def test_files_inherit_instead_of_repeating(path):
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_each_option_composes_and_passes_checks(group, option, tmp_path):
-    cfg = compose_train(f"{group}={option}", f"output_dir={tmp_path}")
+    rl_only = (group, option) == ("data", "gsm8k")  # no traces: reinforcement learning data alone
+    cfg = compose_train(
+        f"{group}={option}", *(["method=grpo", "reward=gsm8k"] if rl_only else []), f"output_dir={tmp_path}"
+    )
     checked = checks.check(cfg, str(tmp_path))
     assert checked[checks.trainer_class(checked)]["output_dir"] == str(tmp_path)
     if cfg.lora is not None:

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, compose_train, tiny_overrides
+from conftest import GSM8K, ROOT, compose_train, tiny_overrides
 
 from claire import ClaireError
 from claire.train import run
@@ -143,3 +143,21 @@ def test_generation_uses_vllm_where_a_gpu_and_vllm_are_there(monkeypatch, tmp_pa
     monkeypatch.setattr(machine, "DRIVER_FILES", (str(tmp_path), str(tmp_path)))  # a driver file that exists
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # and vLLM installed
     assert compose_train("method=grpo").method.use_vllm is True
+
+
+@pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} is absent")
+def test_gsm8k_is_rl_data_with_a_stable_held_out_share_of_train(tmp_path):
+    from claire import datafiles
+    from claire.training import preprocess
+
+    cfg = compose_train("method=grpo", "reward=gsm8k", "data=gsm8k", f"data.path={GSM8K}", f"output_dir={tmp_path}")
+    checks.check(cfg, str(tmp_path))
+    raw = datafiles.load_raw(cfg.data, datafiles.fields(cfg.data, "grpo"))
+    total = len(raw["train"]) + len(raw["eval"])
+    assert total == 7473 and 0.04 < len(raw["eval"]) / total < 0.06  # GSM8K's train split alone; test never read
+    assert set(raw["eval"]["question"]).isdisjoint(raw["train"]["question"])
+    assert datafiles.load_raw(cfg.data, ("question", "answer"))["eval"]["question"] == raw["eval"]["question"]
+    rows, dropped = preprocess.prepare_prompts(raw["eval"].select(range(3)), cfg.data)
+    assert all(row["answer"].lstrip("-").replace(",", "").isdigit() for row in rows) and not dropped
+    with pytest.raises(ClaireError, match="data=gsm8k holds no traces"):
+        checks.check(compose_train("data=gsm8k", f"data.path={GSM8K}"), str(tmp_path))

@@ -304,6 +304,10 @@ def check_run(cfg: DictConfig) -> None:
         raise ClaireError(
             f"run_name={cfg.run_name} would leave experiments/; use a plain name, or output_dir=<folder> for elsewhere"
         )
+    if cfg.method.name == "sft" and cfg.data.response_field is None:
+        raise ClaireError(
+            f"data={cfg.data.name} holds no traces (data.response_field is null); train on it with method=grpo"
+        )
     if cfg.get("init") and cfg.method.name == "sft":
         raise ClaireError("init= starts RL from an SFT run: add method=grpo (resume= goes on with an SFT run)")
     if cfg.push_to_hub and not cfg.hub_repo_id:
