@@ -161,3 +161,10 @@ def test_gsm8k_is_rl_data_with_a_stable_held_out_share_of_train(tmp_path):
     assert all(row["answer"].lstrip("-").replace(",", "").isdigit() for row in rows) and not dropped
     with pytest.raises(ClaireError, match="data=gsm8k holds no traces"):
         checks.check(compose_train("data=gsm8k", f"data.path={GSM8K}"), str(tmp_path))
+
+
+def test_the_dry_run_says_what_its_estimate_leaves_out_under_grpo(capsys, tmp_path):
+    from claire.training import dry_run
+
+    dry_run.run(compose_train("method=grpo", "model=0.5b", f"output_dir={tmp_path}"))
+    assert "method=grpo: this is the training step's estimate; generation adds its KV cache" in capsys.readouterr().out

@@ -265,6 +265,11 @@ def render(plan: dict[str, Any]) -> str:
     )
     if plan.get("cpu_trainer"):
         lines.append("batch, length and checkpointing are the CPU trainer's; for a GPU run's pass trainer=a100 or l4")
+    if plan.get("method", "sft") != "sft":
+        lines.append(
+            f"method={plan['method']}: this is the training step's estimate; generation adds its KV cache (and vLLM's "
+            "share of the card), and beta > 0 a forward pass of the reference policy"
+        )
     return "\n".join(lines)
 
 
@@ -318,6 +323,7 @@ def plan(cfg: DictConfig, checkpointing: bool | None = None) -> dict[str, Any]:
         "fits": verdicts(memory),
         "full_logits_bytes": full_logits_bytes(c, batch * length),
         "cpu_trainer": bool(trainer.get("use_cpu")),
+        "method": cfg.method.name if "method" in cfg else "sft",
     }
 
 
