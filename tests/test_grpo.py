@@ -168,3 +168,17 @@ def test_the_dry_run_says_what_its_estimate_leaves_out_under_grpo(capsys, tmp_pa
 
     dry_run.run(compose_train("method=grpo", "model=0.5b", f"output_dir={tmp_path}"))
     assert "method=grpo: this is the training step's estimate; generation adds its KV cache" in capsys.readouterr().out
+
+
+def test_claire_report_reads_a_grpo_run_folder(grpo_run, tmp_path):
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from claire import report
+
+    shutil.copytree(grpo_run, tmp_path / "runs" / "tiny-grpo" / "2026-12-04_00-00-00")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("report", overrides=[f"runs=[{tmp_path / 'runs'}]", f"output_dir={tmp_path / 'out'}"])
+    page = (report.run(cfg) / "report.md").read_text()
+    assert "tiny" in page and f"{read(grpo_run / 'metrics.json')['trainable_params']:,}" in page
