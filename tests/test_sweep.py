@@ -394,3 +394,16 @@ def test_two_sweepers_share_a_postgresql_study_and_its_password_is_never_written
     password = url.split("@")[0].rsplit(":", 1)[-1]
     written = [p for p in (tmp_path / "sweeps").rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".log")]
     assert written and not [p for p in written if password in p.read_text(errors="ignore")]
+
+
+def test_a_grpo_sweep_prunes_on_the_eval_reward(tiny_model_dir, tmp_path):
+    space(tmp_path, {"schedule.learning_rate": "choice(0.00001, 0.001)"})
+    grpo = ["method=grpo", "method.num_generations=2", "method.max_completion_length=8", "data.max_eval_rows=2"]
+    grpo += ["trainer.per_device_eval_batch_size=2"]  # an eval batch holds whole groups
+    prune = ["hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=10"]  # no reward reaches 10: prune
+    swept(tiny_model_dir, tmp_path, *grpo, *prune, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2")
+    found = trials(tmp_path)
+    assert [t.state for t in found] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [4] for t in found)  # reported after step 1: 4 completions seen
+    folder = tmp_path / "sweeps" / "quick-cpu"
+    assert all(json.loads((folder / f"trial-{t.number}" / "metrics.json").read_text())["pruned"] for t in found)
