@@ -9,7 +9,7 @@ ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup train test test-fast lint format bench-train bench-generate bench-eval bench-sweep gpu-check evaluate sample demo-causal clean-venv
+.PHONY: setup train test test-fast lint format bench-train bench-rl bench-generate bench-eval bench-sweep gpu-check evaluate sample demo-causal clean-venv
 
 setup: $(STAMP)
 
@@ -41,6 +41,9 @@ format: $(STAMP)
 
 bench-train: $(STAMP)  ## claire.train vs a plain trl script: non-padding tokens/s and peak memory, side by side
 	$(PY) benchmarks/bench_train.py $(ARGS)
+
+bench-rl: $(STAMP)  ## claire.train method=grpo vs a plain trl GRPO script: completion tokens/s, steps/hour, peak memory
+	$(PY) benchmarks/bench_rl.py $(ARGS)
 
 bench-generate: $(STAMP)  ## teacher throughput under a rate limit (scripted server): share of the limit vs one at a time
 	$(PY) benchmarks/bench_generate.py $(ARGS)

@@ -88,6 +88,23 @@ def test_bench_train(tiny_model_dir, tmp_path):
     assert speed > 0 and memory > 0
 
 
+@needs_make
+def test_bench_rl(tiny_model_dir, tmp_path):
+    overrides = [*tiny_model(tiny_model_dir), "model.dtype=float32", "trainer.per_device_train_batch_size=2"]
+    overrides += ["trainer.gradient_accumulation_steps=1"]  # one step of one prompt x 2 completions, each trainer
+    args = ["--steps", "1", "--repeats", "1", "--threads", "1", "--generations", "2", "--max-completion-length", "8"]
+    out = make_bench("rl", [*args, *(f"--override={o}" for o in overrides)], tmp_path)
+    shape = "2 generations of <= 8 tokens, 1 steps, 1 threads, medians of 1 alternating runs"
+    assert f"overrides {' '.join(overrides)}, {shape}" in out
+    for kind in ("claire", "trl"):
+        tokens_per_s, steps_per_hour, rss_mb, reward = figures(
+            rf"^{kind}\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(-?[\d.]+)$", out
+        )
+        assert tokens_per_s > 0 and steps_per_hour > 0 and rss_mb > 0 and -0.5 <= reward <= 1.6  # reward=causal's range
+    speed, steps, memory = figures(r"^ratio\s+speed ([\d.]+)x\s+steps/hour ([\d.]+)x\s+memory ([\d.]+)x$", out)
+    assert speed > 0 and steps > 0 and memory > 0
+
+
 @pytest.mark.slow  # ~35 s: lm-eval indexes its task YAMLs in each command (claire.evaluate's included), any size
 @needs_make
 @pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} is not here")
