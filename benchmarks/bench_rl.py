@@ -15,11 +15,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+import children  # benchmarks/children.py: one process per run
 
 from claire import machine
 
@@ -128,22 +128,6 @@ def one(kind: str, steps: int, threads: int, extra: list[str]) -> None:
     print(json.dumps(result))
 
 
-def spawn(kind: str, steps: int, threads: int, extra: list[str]) -> dict:
-    """Run one child and parse its figures."""
-    env = {
-        **os.environ,
-        "OMP_WAIT_POLICY": "PASSIVE",
-        "OMP_NUM_THREADS": str(threads),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    cmd = [sys.executable, __file__, "--one", kind, "--steps", str(steps), "--threads", str(threads)]
-    cmd += [f"--override={override}" for override in extra]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if done.returncode:
-        sys.exit(f"{kind} run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     """Alternate claire and trl runs, then print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -169,7 +153,7 @@ def main() -> None:
     started = time.time()
     for i in range(opts.repeats):
         for kind in ("claire", "trl") if i % 2 == 0 else ("trl", "claire"):
-            results[kind].append(spawn(kind, opts.steps, opts.threads, extra))
+            results[kind].append(children.spawn(__file__, kind, opts.steps, opts.threads, extra))
             print(f"  {kind:6s} run {i + 1}: {results[kind][-1]['tokens_per_s']:.1f} completion tok/s", flush=True)
     med = {k: {f: statistics.median(r[f] for r in runs) for f in runs[0]} for k, runs in results.items()}
 
