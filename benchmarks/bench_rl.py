@@ -16,7 +16,6 @@ import os
 import resource
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import children  # benchmarks/children.py: one process per run
@@ -149,20 +148,14 @@ def main() -> None:
     extra = [*shape(opts.generations, opts.max_completion_length), *opts.override]
     if opts.one:
         return one(opts.one, opts.steps, opts.threads, opts.override)
-    results: dict[str, list[dict]] = {"claire": [], "trl": []}
-    started = time.time()
-    for i in range(opts.repeats):
-        for kind in ("claire", "trl") if i % 2 == 0 else ("trl", "claire"):
-            results[kind].append(children.spawn(__file__, kind, opts.steps, opts.threads, extra))
-            print(f"  {kind:6s} run {i + 1}: {results[kind][-1]['tokens_per_s']:.1f} completion tok/s", flush=True)
-    med = {k: {f: statistics.median(r[f] for r in runs) for f in runs[0]} for k, runs in results.items()}
+    med, seconds = children.alternate(__file__, opts.repeats, opts.steps, opts.threads, extra, "completion tok/s")
 
     setup = "SmolLM2-135M, LoRA r64 all-linear, reward=causal, batch 4 x accum 4"
     if opts.override:
         setup = f"LoRA r64 all-linear, reward=causal, overrides {' '.join(opts.override)}"
     print(
         f"\n{setup}, {opts.generations} generations of <= {opts.max_completion_length} tokens, {opts.steps} steps, "
-        f"{opts.threads} threads, medians of {opts.repeats} alternating runs ({time.time() - started:.0f} s); "
+        f"{opts.threads} threads, medians of {opts.repeats} alternating runs ({seconds:.0f} s); "
         f"CPU native bf16: {machine.cpu_has_bf16()}"
     )
     print(f"{'':8s}{'completion tok/s':>18s}{'steps/hour':>12s}{'peak RSS MB':>13s}{'mean reward':>13s}")

@@ -12,9 +12,7 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import children  # benchmarks/children.py: one process per run
@@ -114,20 +112,14 @@ def main() -> None:
     opts = parser.parse_args()
     if opts.one:
         return one(opts.one, opts.steps, opts.threads, opts.override)
-    results: dict[str, list[dict]] = {"claire": [], "trl": []}
-    started = time.time()
-    for i in range(opts.repeats):
-        for kind in ("claire", "trl") if i % 2 == 0 else ("trl", "claire"):
-            results[kind].append(children.spawn(__file__, kind, opts.steps, opts.threads, opts.override))
-            print(f"  {kind:6s} run {i + 1}: {results[kind][-1]['tokens_per_s']:.0f} tok/s", flush=True)
-    med = {k: {f: statistics.median(r[f] for r in runs) for f in runs[0]} for k, runs in results.items()}
+    med, seconds = children.alternate(__file__, opts.repeats, opts.steps, opts.threads, opts.override, "tok/s")
 
     setup = "SmolLM2-135M, LoRA r64 all-linear, batch 4 x accum 4"
     if opts.override:
         setup = f"LoRA r64 all-linear, overrides {' '.join(opts.override)}"
     print(
         f"\n{setup}, {opts.steps} steps, {opts.threads} threads, "
-        f"medians of {opts.repeats} alternating runs ({time.time() - started:.0f} s); "
+        f"medians of {opts.repeats} alternating runs ({seconds:.0f} s); "
         f"CPU native bf16: {machine.cpu_has_bf16()}"
     )
     print(f"{'':8s}{'non-pad tok/s':>15s}{'peak RSS MB':>13s}{'eval loss':>11s}")

@@ -2,8 +2,10 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,3 +25,15 @@ def spawn(script: str, kind: str, steps: int, threads: int, extra: list[str]) ->
     if done.returncode:
         sys.exit(f"{kind} run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def alternate(script: str, repeats: int, steps: int, threads: int, extra: list[str], unit: str) -> tuple[dict, float]:
+    """claire and trl runs, alternating which goes first; each figure's median per side, and the wall time."""
+    results: dict[str, list[dict]] = {"claire": [], "trl": []}
+    started = time.time()
+    for i in range(repeats):
+        for kind in ("claire", "trl") if i % 2 == 0 else ("trl", "claire"):
+            results[kind].append(spawn(script, kind, steps, threads, extra))
+            print(f"  {kind:6s} run {i + 1}: {results[kind][-1]['tokens_per_s']:.1f} {unit}", flush=True)
+    medians = {k: {f: statistics.median(r[f] for r in runs) for f in runs[0]} for k, runs in results.items()}
+    return medians, time.time() - started
