@@ -10,9 +10,7 @@ peak RSS and the mean reward, and Claire's speed-up.
 LoRA, the rewards (reward=causal) and the other hyperparameters stay the benchmark's.
 """
 
-import argparse
 import json
-import os
 import resource
 import statistics
 import tempfile
@@ -129,21 +127,11 @@ def one(kind: str, steps: int, threads: int, extra: list[str]) -> None:
 
 def main() -> None:
     """Alternate claire and trl runs, then print medians and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (2 prompts x 8 completions)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer, alternating")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser = children.parser(__doc__.splitlines()[0], "optimizer steps per run (2 prompts x 8 completions)")
     parser.add_argument("--generations", type=int, default=8, help="completions per prompt (method.num_generations)")
     parser.add_argument(
         "--max-completion-length", type=int, default=128, help="tokens per completion at most (method.*)"
     )
-    parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        help="a conf/train.yaml override for both trainers (model, data, batch)",
-    )
-    parser.add_argument("--one", choices=["claire", "trl"], help=argparse.SUPPRESS)
     opts = parser.parse_args()
     extra = [*shape(opts.generations, opts.max_completion_length), *opts.override]
     if opts.one:

@@ -8,9 +8,7 @@ Prints non-padding tokens per second, peak RSS, eval loss after training, and Cl
 tiny model on a few short batches for a smoke run; LoRA and the other hyperparameters stay the benchmark's.
 """
 
-import argparse
 import json
-import os
 import resource
 import tempfile
 from pathlib import Path
@@ -98,17 +96,7 @@ def one(kind: str, steps: int, threads: int, extra: list[str]) -> None:
 
 def main() -> None:
     """Alternate claire and trl runs, then print medians and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (16 rows each)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer, alternating")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        help="a conf/train.yaml override for both trainers (model, data, batch)",
-    )
-    parser.add_argument("--one", choices=["claire", "trl"], help=argparse.SUPPRESS)
+    parser = children.parser(__doc__.splitlines()[0], "optimizer steps per run (16 rows each)")
     opts = parser.parse_args()
     if opts.one:
         return one(opts.one, opts.steps, opts.threads, opts.override)

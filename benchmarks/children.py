@@ -1,5 +1,6 @@
 """What the side-by-side benchmarks share: each run in a child process of its own, so peak memory is its own."""
 
+import argparse
 import json
 import os
 import statistics
@@ -37,3 +38,19 @@ def alternate(script: str, repeats: int, steps: int, threads: int, extra: list[s
             print(f"  {kind:6s} run {i + 1}: {results[kind][-1]['tokens_per_s']:.1f} {unit}", flush=True)
     medians = {k: {f: statistics.median(r[f] for r in runs) for f in runs[0]} for k, runs in results.items()}
     return medians, time.time() - started
+
+
+def parser(description: str, steps_help: str) -> argparse.ArgumentParser:
+    """The flags every side-by-side benchmark takes: steps, repeats, threads, overrides, and the child's --one."""
+    found = argparse.ArgumentParser(description=description)
+    found.add_argument("--steps", type=int, default=4, help=steps_help)
+    found.add_argument("--repeats", type=int, default=2, help="runs of each trainer, alternating")
+    found.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    found.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="a conf/train.yaml override for both trainers (model, data, batch)",
+    )
+    found.add_argument("--one", choices=["claire", "trl"], help=argparse.SUPPRESS)
+    return found
