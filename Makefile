@@ -9,7 +9,7 @@ ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup train test test-fast lint format bench-train bench-rl bench-generate bench-eval bench-sweep gpu-check evaluate sample demo-causal clean-venv
+.PHONY: setup train test test-fast lint format bench-train bench-rl bench-generate bench-eval bench-sweep gpu-check evaluate sample demo-causal demo-rl clean-venv
 
 setup: $(STAMP)
 
@@ -73,17 +73,54 @@ LM_EVAL = $(VENV)/bin/lm_eval --model hf --apply_chat_template --include_path cl
 	--metadata '{"data_dir": "$(DEMO_DATA)"}' --limit $(DEMO_LIMIT) --batch_size 16 --gen_kwargs max_gen_toks=768 \
 	--log_samples --seed 0
 
-demo-causal: $(STAMP)  ## base vs fine-tuned on the causal test split: accuracy with a paired CI, graph F1
-	test -d $(DEMO_DATA) || $(PY) -m claire.generate source=causal n=5000 out=$(DEMO_DATA)
-	test -d $(DEMO)/train/adapter || $(PY) -m claire.train data=causal data.path=$(DEMO_DATA) \
-		data.max_train_rows=$(DEMO_ROWS) data.max_eval_rows=32 trainer.gradient_accumulation_steps=2 \
-		output_dir=$(DEMO)/train
+$(DEMO_DATA): | $(STAMP)
+	$(PY) -m claire.generate source=causal n=5000 out=$(DEMO_DATA)
+
+$(DEMO)/train/adapter: | $(DEMO_DATA)
+	$(PY) -m claire.train data=causal data.path=$(DEMO_DATA) data.max_train_rows=$(DEMO_ROWS) data.max_eval_rows=32 \
+		trainer.gradient_accumulation_steps=2 output_dir=$(DEMO)/train
+
+demo-causal: $(DEMO)/train/adapter  ## base vs fine-tuned on the causal test split: accuracy with a paired CI, graph F1
 	test -d $(DEMO)/base || $(LM_EVAL) --output_path $(DEMO)/base \
 		--model_args pretrained=$(DEMO_BASE),dtype=$(DEMO_DTYPE)
 	test -d $(DEMO)/tuned || $(LM_EVAL) --output_path $(DEMO)/tuned \
 		--model_args pretrained=$(DEMO_BASE),peft=$(DEMO)/train/adapter,tokenizer=$(DEMO)/train/adapter,dtype=$(DEMO_DTYPE)
 	$(PY) -m claire.stats $$(ls $(DEMO)/base/*/samples_*.jsonl) $$(ls $(DEMO)/tuned/*/samples_*.jsonl) --by rung
 	$(PY) -m claire.stats $$(ls $(DEMO)/base/*/samples_*.jsonl) $$(ls $(DEMO)/tuned/*/samples_*.jsonl) --metric graph_f1
+
+# The RL demonstration (issue 18): GRPO continuing the causal demonstration's SFT adapter, then base, SFT and
+# SFT+GRPO scored by claire.evaluate on the same test items with identical settings (greedy, RL_TOKENS new tokens)
+# and compared paired. Before any RL, the SFT model's pass@1 against pass@8 (8 samples at temperature 1, GRPO's
+# group and temperature) on those items. Each stage is skipped when its folder exists, so it runs in parts.
+RL ?= experiments/demo-rl
+RL_LIMIT ?= 200
+RL_STEPS ?= 100
+RL_LR ?= 1e-4
+RL_TOKENS ?= 512
+RL_EVAL = $(PY) -m claire.evaluate data.data_dir=$(DEMO_DATA) limit=$(RL_LIMIT) gen_kwargs.max_gen_toks=$(RL_TOKENS)
+
+$(RL)/sft-sampled/results.json: | $(DEMO)/train/adapter
+	$(RL_EVAL) run=$(DEMO)/train compare_base=false tasks=[claire_causal_sampled] output_dir=$(@D)
+
+$(RL)/grpo/adapter: | $(DEMO)/train/adapter
+	$(PY) -m claire.train method=grpo init=$(DEMO)/train data=causal data.path=$(DEMO_DATA) data.max_eval_rows=16 \
+		method.max_completion_length=384 schedule.learning_rate=$(RL_LR) trainer.max_steps=$(RL_STEPS) \
+		trainer.eval_steps=25 trainer.save_steps=25 output_dir=$(RL)/grpo $$(test -d $(RL)/grpo/checkpoints && echo resume=true)
+
+$(RL)/eval-sft/results.json: | $(DEMO)/train/adapter
+	$(RL_EVAL) run=$(DEMO)/train tasks=[claire_causal] output_dir=$(@D)
+
+$(RL)/eval-grpo/results.json: | $(RL)/grpo/adapter
+	$(RL_EVAL) run=$(RL)/grpo compare_base=false tasks=[claire_causal] output_dir=$(@D)
+
+$(RL)/curves/report.md: | $(RL)/grpo/adapter
+	$(PY) -m claire.report runs=[$(RL)/grpo] count_parameters=false decontamination.enabled=false output_dir=$(@D)
+
+demo-rl: $(RL)/sft-sampled/results.json $(RL)/eval-sft/results.json $(RL)/eval-grpo/results.json $(RL)/curves/report.md  ## SFT, then GRPO: base, SFT and SFT+GRPO paired on the causal test split
+	cat $(RL)/sft-sampled/summary.md $(RL)/eval-sft/summary.md $(RL)/eval-grpo/summary.md
+	for by in rung unseen_shape; do $(PY) -m claire.stats $(RL)/eval-sft/tuned/samples_claire_causal.jsonl \
+		$(RL)/eval-grpo/tuned/samples_claire_causal.jsonl --by $$by; done
+	$(PY) -m claire.stats $(RL)/eval-sft/tuned/samples_claire_causal.jsonl $(RL)/eval-grpo/tuned/samples_claire_causal.jsonl --metric graph_f1
 
 clean-venv:
 	rm -rf $(VENV)

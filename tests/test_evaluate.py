@@ -328,6 +328,23 @@ def test_runs_with_special_markers_decode_them_on_the_hf_backend(trained, tiny_m
     assert "<think>" not in HFLM(**args).tok_decode(ids)  # what stock decoding would have made of it
 
 
+def test_the_hf_backend_evaluates_the_adapter_merged_into_the_weights(trained, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from claire.evaluation.hf_model import ClaireHFLM
+
+    adapter = str(trained / "adapter")
+    lm = ClaireHFLM(pretrained=str(tiny_model_dir), peft=adapter, tokenizer=adapter, device="cpu", dtype="float32")
+    assert not isinstance(lm.model, PeftModel)  # merged: no adapter matmuls left on each decoded token
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ids = torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(base, adapter)(input_ids=ids).logits
+        assert torch.allclose(lm.model(input_ids=ids).logits, expected, atol=1e-5)  # the same fine-tuned model
+
+
 @pytest.mark.skipif(not GSM8K.exists(), reason="needs ../shared/data/gsm8k/train.jsonl")
 def test_a_judge_that_refuses_does_not_lose_the_evaluation(trained, tmp_path):
     from scripted_server import ScriptedServer

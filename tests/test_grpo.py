@@ -180,5 +180,93 @@ def test_claire_report_reads_a_grpo_run_folder(grpo_run, tmp_path):
     shutil.copytree(grpo_run, tmp_path / "runs" / "tiny-grpo" / "2026-12-04_00-00-00")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("report", overrides=[f"runs=[{tmp_path / 'runs'}]", f"output_dir={tmp_path / 'out'}"])
-    page = (report.run(cfg) / "report.md").read_text()
+    out = report.run(cfg)
+    page = (out / "report.md").read_text()
     assert "tiny" in page and f"{read(grpo_run / 'metrics.json')['trainable_params']:,}" in page
+    curves = [name for name in page.split("(") if name.startswith("reward-")]
+    assert curves and (out / curves[0].split(")")[0]).stat().st_size > 0  # the reward curve, drawn from the run
+
+
+@pytest.fixture
+def tiny_trainer(tiny_model_dir, tmp_path):
+    """A ClaireGRPOTrainer over the tiny model with a fresh LoRA adapter whose B matrices are not zero."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    from claire.training.grpo import ClaireGRPOTrainer
+
+    torch.manual_seed(0)
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=8,
+        use_cpu=True,
+        report_to=[],
+        bf16=False,
+    )
+    trainer = ClaireGRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+        reward_funcs=lambda completions, **_: [float(len(c)) for c in completions],
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": "Does rain cause wet grass?"}] * 4),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    for name, parameter in trainer.model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.1)
+    return trainer
+
+
+def test_generation_decodes_from_the_merged_adapter_and_leaves_the_base_weights_bit_for_bit(tiny_trainer):
+    import torch
+
+    from claire.training.grpo import merged_adapter
+
+    model = tiny_trainer.model.eval()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = torch.randint(0, model.config.vocab_size, (2, 10))
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        unmerged = model(input_ids=ids).logits
+        with merged_adapter(model):
+            merged = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+    assert not torch.allclose(unmerged, base, atol=1e-3)  # the adapter changes the policy...
+    assert torch.allclose(merged, unmerged, atol=1e-5)  # ...and merged it is the same policy, a matmul a layer fewer
+    assert torch.equal(after, unmerged)  # the adapter is unmerged again: training goes on from the same weights
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
+
+    from peft.tuners.lora import LoraLayer
+
+    layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+    seen = []
+    layer.register_forward_pre_hook(lambda module, _: seen.append(module.merged))
+    tiny_trainer._generate_single_turn(torch.randint(0, 100, (2, 5)).tolist(), None, {}, 2)
+    assert seen and all(seen)  # every decoding step ran on merged weights
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def test_completion_log_probs_match_trls_fused_head_on_a_cpu(tiny_trainer):
+    import torch
+    from trl import GRPOTrainer
+
+    ids = torch.randint(0, tiny_trainer.model.config.vocab_size, (4, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a left-padded prompt
+    claire = tiny_trainer._get_per_token_logps_and_entropies(
+        tiny_trainer.model, ids, mask, 5, batch_size=3, compute_entropy=True
+    )
+    trl = GRPOTrainer._get_per_token_logps_and_entropies(
+        tiny_trainer, tiny_trainer.model, ids, mask, 5, batch_size=3, compute_entropy=True
+    )
+    assert claire[0].shape == trl[0].shape == (4, 5)
+    assert torch.allclose(claire[0], trl[0], atol=5e-5) and torch.allclose(claire[1], trl[1], atol=5e-5)
+    claire[0].sum().backward()  # the policy gradient flows through Claire's path into the adapter
+    adapter = [p for name, p in tiny_trainer.model.named_parameters() if "lora" in name]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter)

@@ -30,7 +30,9 @@ class ClaireHFLM(HFLM):
             from peft import PeftModel
 
             grow_embeddings(self._model, self.tokenizer)
-            self._model = PeftModel.from_pretrained(self._model, peft, revision=kwargs.get("revision") or "main")
+            adapted = PeftModel.from_pretrained(self._model, peft, revision=kwargs.get("revision") or "main")
+            quantized = getattr(self._model, "is_quantized", False) or getattr(self._model, "hf_quantizer", None)
+            self._model = adapted if quantized else adapted.merge_and_unload()
 
     def tok_decode(self, tokens: Any, skip_special_tokens: bool = True) -> str:
         """The text of tokens; with skip_special_tokens, every special token but the trace markers is dropped."""

@@ -1,4 +1,5 @@
-"""The report's figures as PNG: base vs fine-tuned bars per experiment and per benchmark, loss curves per run."""
+"""The report's figures as PNG: base vs fine-tuned bars per experiment and per benchmark, loss (and, for RL runs,
+reward) curves per run."""
 
 import re
 from pathlib import Path
@@ -87,6 +88,22 @@ def loss_curves(history: list[dict], title: str, path: Path) -> bool:
     return True
 
 
+def reward_curves(history: list[dict], title: str, path: Path) -> bool:
+    """An RL run's mean reward and each reward function's mean against optimizer steps; False when it has none."""
+    keys = ["reward", *sorted({k for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")})]
+    curves = {key: [(h["step"], h[key]) for h in history if key in h and "step" in h] for key in keys}
+    if not curves["reward"]:
+        return False
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for key, points in curves.items():
+        name = "reward (weighted sum)" if key == "reward" else key.split("/")[1]
+        ax.plot(*zip(*points, strict=True), marker="o" if len(points) < 30 else None, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean reward of the step's completions")
+    save(fig, ax, title, path)
+    return True
+
+
 def draw(groups: list[Group], tables: dict[str, list[dict]], out: Path) -> dict[str, dict[str, str]]:
     """Every figure of the report; {"bars": {file: title}, "loss": {file: title}}."""
     drawn: dict[str, dict[str, str]] = {"bars": {}, "loss": {}}
@@ -110,4 +127,7 @@ def draw(groups: list[Group], tables: dict[str, list[dict]], out: Path) -> dict[
             name = f"loss-{slug(group.label)}-seed{run.config.get('seed')}-{slug(run.folder.name)}.png"
             if loss_curves((run.metrics or {}).get("history", []), label, out / name):
                 drawn["loss"][name] = label
+            name = name.replace("loss-", "reward-", 1)
+            if reward_curves((run.metrics or {}).get("history", []), f"{label}: reward", out / name):
+                drawn["loss"][name] = f"{label}: reward"
     return drawn
