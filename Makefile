@@ -103,9 +103,9 @@ $(RL)/sft-sampled/results.json: | $(DEMO)/train/adapter
 	$(RL_EVAL) run=$(DEMO)/train compare_base=false tasks=[claire_causal_sampled] output_dir=$(@D)
 
 $(RL)/grpo/adapter: | $(DEMO)/train/adapter
-	$(PY) -m claire.train method=grpo init=$(DEMO)/train data=causal data.path=$(DEMO_DATA) data.max_eval_rows=16 \
+	$(PY) -m claire.train method=grpo init=$(DEMO)/train data=causal data.path=$(DEMO_DATA) data.max_eval_rows=8 \
 		method.max_completion_length=384 schedule.learning_rate=$(RL_LR) trainer.max_steps=$(RL_STEPS) \
-		trainer.eval_steps=25 trainer.save_steps=25 output_dir=$(RL)/grpo $$(test -d $(RL)/grpo/checkpoints && echo resume=true)
+		trainer.eval_steps=50 trainer.save_steps=10 output_dir=$(RL)/grpo $$(test -d $(RL)/grpo/checkpoints && echo resume=true)
 
 $(RL)/eval-sft/results.json: | $(DEMO)/train/adapter
 	$(RL_EVAL) run=$(DEMO)/train tasks=[claire_causal] output_dir=$(@D)

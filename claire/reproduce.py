@@ -5,7 +5,7 @@
 The run's resolved config.yaml is the primary config of a new `claire.train` process (Hydra's
 `--config-path <run> --config-name config`), written to a new folder: experiments/<run_name>/<time> unless
 --output-dir says otherwise; nothing of the old run is touched. Then every number both metrics.json files hold is
-compared (timings aside), and the training and evaluation losses step by step; reproduction.json in the new folder
+compared (timings aside), and the training and evaluation losses (and a GRPO run's reward and KL) step by step; reproduction.json in the new folder
 records the comparison. Exit status 0: identical (within --rtol), 1: some differ, 2: bad input. For a reference
 run of a published report (reference.json, no metrics.json) the published trainable-parameter count is compared.
 """
@@ -72,7 +72,7 @@ def comparable(metrics: dict) -> dict[str, float]:
     """The numbers of a metrics.json that a reproduction must match: no timings; losses per step from the history."""
     found = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not any(t in k for t in TIMINGS)}
     for entry in metrics.get("history", []):
-        for key in ("loss", "eval_loss", "grad_norm"):
+        for key in ("loss", "eval_loss", "grad_norm", "reward", "kl"):  # reward and kl: a GRPO run's
             if key in entry and "step" in entry:
                 found[f"history.{key}@{entry['step']}"] = entry[key]
     return {k: v for k, v in found.items() if not isinstance(v, bool)}

@@ -122,6 +122,10 @@ def resolve_folder(rank: int, port: int, answer: Path) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
     answer.write_text(run_folders.same_on_every_rank(f"experiments/run/2026-12-04_10-00-0{rank}"))
+    import torch.distributed as dist
+
+    dist.barrier()  # leave the group together: rank 0 holds its store, and a rank left behind aborts at exit
+    dist.destroy_process_group()
 
 
 def test_every_rank_of_a_torchrun_job_writes_rank_0s_folder(tmp_path):
