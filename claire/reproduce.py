@@ -5,9 +5,10 @@
 The run's resolved config.yaml is the primary config of a new `claire.train` process (Hydra's
 `--config-path <run> --config-name config`), written to a new folder: experiments/<run_name>/<time> unless
 --output-dir says otherwise; nothing of the old run is touched. Then every number both metrics.json files hold is
-compared (timings aside), and the training and evaluation losses (and a GRPO run's reward and KL) step by step; reproduction.json in the new folder
-records the comparison. Exit status 0: identical (within --rtol), 1: some differ, 2: bad input. For a reference
-run of a published report (reference.json, no metrics.json) the published trainable-parameter count is compared.
+compared (timings aside), and the training and evaluation losses (and a GRPO run's reward and KL) step by step;
+reproduction.json in the new folder records the comparison. Exit status 0: identical (within --rtol), 1: some
+differ, 2: bad input. For a reference run of a published report (reference.json, no metrics.json) the published
+trainable-parameter count is compared.
 """
 
 import argparse
