@@ -87,3 +87,19 @@ def well_formed(text: str) -> bool:
     if text[: think.start()].strip() or not think.end() <= causality.start() < answer.start():
         return False
     return bool(text[causality.end() : answer.start()].strip() and answer_section(text))
+
+
+def parts(text: str) -> dict[str, str | None]:
+    """A completion as a person reads it: its thinking, its causality block and its answer (None where missing)."""
+    causality = causality_section(text)
+    answer = answer_section(text)
+    thinking = text
+    for cut in (SECTION_MARKERS["answer"], re.compile(r"</think>")):
+        found = cut.search(thinking)
+        thinking = thinking[: found.start()] if found else thinking
+    for marker in (*SECTION_MARKERS.values(), re.compile(r"</?think>|</?causality>")):
+        thinking = marker.sub("", thinking)
+    if causality:
+        thinking = thinking.replace(causality, "")
+    thinking = "\n".join(line for line in thinking.splitlines() if line.strip())
+    return {"thinking": thinking or None, "causality": causality.strip() if causality else None, "answer": answer}

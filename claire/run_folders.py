@@ -251,3 +251,23 @@ def manifest(cfg: DictConfig, data: dict | None = None, packages: list[str] = VE
             "world_size": int(os.environ.get("WORLD_SIZE", "1")),  # processes of a torchrun/accelerate run
         },
     }
+
+
+def trained_model(folder: Path, merged: bool, trust_remote_code: bool) -> DictConfig:
+    """The model settings of a finished claire.train run, after checking it holds the weights to load."""
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        raise ClaireError(f"run={folder} is not a claire.train run folder (no config.yaml); pass the folder it printed")
+    needed = folder / ("merged/config.json" if merged else "adapter/adapter_config.json")
+    if not merged and (folder / "adapter" / "config.json").is_file():
+        needed = folder / "adapter" / "config.json"  # lora=none: a full fine-tune saves the whole model there
+    if not needed.is_file():
+        hint = "train with merge=true, or drop merged=true" if merged else "it has no adapter: did training finish?"
+        raise ClaireError(f"run={folder} has no {needed.relative_to(folder)}; {hint}")
+    trained = OmegaConf.load(saved).model
+    if trained.get("trust_remote_code") and not trust_remote_code:
+        raise ClaireError(
+            f"run={folder} was trained with model.trust_remote_code=true: loading it runs code from the model's "
+            "repository; if you trust it, add model.trust_remote_code=true to this command"
+        )
+    return trained

@@ -16,7 +16,7 @@ from claire.evaluation import harness
 from claire.teacher import pipeline
 from claire.training import checks
 
-COMMANDS = ("train", "evaluate", "generate", "report")  # the primary configs conf/<command>.yaml
+COMMANDS = ("train", "evaluate", "generate", "report", "chat")  # the primary configs conf/<command>.yaml
 
 
 def composed(command: str, *overrides: str) -> DictConfig:
@@ -88,6 +88,7 @@ HYDRA = {  # command: run dir, sweep dir, output_subdir (Hydra writes nothing: e
     "evaluate": (".", "experiments/eval/multirun/${now:%Y-%m-%d_%H-%M-%S}", None),
     "generate": (".", HYDRA_DEFAULT_SWEEP, None),
     "report": (".", HYDRA_DEFAULT_SWEEP, None),
+    "chat": (".", HYDRA_DEFAULT_SWEEP, None),
 }
 
 

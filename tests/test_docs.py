@@ -41,7 +41,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN_LANGUAGES = {"bash", "sh", "shell", "console"}
-HYDRA_COMMANDS = ("train", "evaluate", "generate", "report")
+HYDRA_COMMANDS = ("train", "evaluate", "generate", "report", "chat")
 FOLDER_TOOLS = ("stats", "decontamination", "sweep", "reproduce")
 HYDRA_FLAGS_DROPPED = {"-m", "--multirun", "--resolve"}
 HYDRA_FLAGS_WITH_VALUE_DROPPED = {"--cfg", "-c", "--package", "-p"}

@@ -129,28 +129,14 @@ def with_end_token(until: list[str], cfg: DictConfig) -> list[str]:
 def adopt_run(cfg: DictConfig) -> None:
     """Take the base model's settings from a claire.train run folder, after checking it holds what is evaluated."""
     folder = Path(cfg.run)
-    saved = folder / "config.yaml"
-    if not saved.is_file():
-        raise ClaireError(f"run={folder} is not a claire.train run folder (no config.yaml); pass the folder it printed")
-    needed = folder / ("merged/config.json" if cfg.merged else "adapter/adapter_config.json")
-    if not cfg.merged and (folder / "adapter" / "config.json").is_file():
-        needed = folder / "adapter" / "config.json"  # lora=none: a full fine-tune saves the whole model there
-    if not needed.is_file():
-        hint = "train with merge=true, or drop merged=true" if cfg.merged else "it has no adapter: did training finish?"
-        raise ClaireError(f"run={folder} has no {needed.relative_to(folder)}; {hint}")
-    trained = OmegaConf.load(saved).model
-    if trained.get("trust_remote_code") and not cfg.model.trust_remote_code:
-        raise ClaireError(
-            f"run={folder} was trained with model.trust_remote_code=true: loading it runs code from the model's "
-            "repository; if you trust it, add model.trust_remote_code=true to this command"
-        )
-    cfg.model = trained
+    cfg.model = run_folders.trained_model(folder, cfg.merged, cfg.model.trust_remote_code)
     if cfg.backend.name == "vllm" and cfg.model.markers == "special" and not cfg.merged:
         raise ClaireError(
             f"run={folder} trained new marker tokens (model.markers=special), whose embeddings vLLM's LoRA cannot "
             "load; evaluate its merged model (train with merge=true, then merged=true) or use backend=hf"
         )
-    if cfg.backend.name == "vllm" and needed.name == "adapter_config.json":
+    needed = folder / "adapter" / "adapter_config.json"
+    if cfg.backend.name == "vllm" and not cfg.merged and needed.is_file():
         vllm_lora_rank(adapter_rank(str(needed.parent)))  # a rank vLLM cannot serve fails here, before any model
 
 
