@@ -109,3 +109,25 @@ def test_the_command_line_answers_one_question(tiny_run):
     assert "── answer" in done.stdout
     bad = subprocess.run([*command[:3], "decode=beam"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "Could not find 'decode/beam'" in bad.stderr and "budget" in bad.stderr
+
+
+def test_a_special_markers_run_answers_with_its_tags_merged_or_not(tiny_model_dir, tmp_path):
+    import torch
+
+    from claire import models
+
+    out = tmp_path / "special"
+    overrides = ["model.markers=special", "merge=true", "trainer.max_steps=1", "data.max_train_rows=4"]
+    train(compose_train(*tiny_overrides(tiny_model_dir, out, *overrides)))
+    logits = []
+    for merged in ("false", "true"):
+        cfg = compose_chat(f"run={out}", f"merged={merged}")
+        chat.check(cfg)
+        model, tokenizer = models.load_for_inference(cfg.model, cfg.run, cfg.merged)
+        think = tokenizer.convert_tokens_to_ids("<think>")
+        assert think != tokenizer.unk_token_id and "<think>" in completions.decode(tokenizer, [think, 100])
+        with torch.no_grad():  # the trained rows of the markers' embeddings are in both
+            logits.append(model(input_ids=torch.tensor([[think, 100, 101]])).logits)
+        shown = chat.run(compose_chat(f"run={out}", f"merged={merged}", "question=Why?", "decode.max_new_tokens=4"))
+        assert len(shown) == 1
+    assert torch.allclose(logits[0], logits[1], atol=1e-4)  # adapter merged here = the merged model the run saved
