@@ -74,6 +74,21 @@ def causal_correct(output: str, gold: str, tolerance: float = 0.0005) -> bool:
     return _names(answer) == _names(gold)
 
 
+def causal_key(output: str) -> str | None:
+    """A causal answer in the normal form causal_correct compares (a leading yes/no/direct/indirect, a number, or
+    the sorted names), so that answers it would score alike count as one in a vote; None when there is none."""
+    answer = causal_answer(output).lower().replace("≈", "").strip()
+    if not answer:
+        return None
+    words = re.findall(r"[a-z]+", answer)
+    if words and words[0] in ("yes", "no", "direct", "indirect"):
+        return words[0]
+    numbers = NUMBER.findall(answer)  # causal_correct reads a numeric gold as the first number anywhere
+    if numbers:
+        return f"{float(numbers[0]):g}"
+    return ", ".join(sorted(_names(answer))) or "none"
+
+
 def _names(text: str) -> set[str]:
     """'A, C and D' -> {'a', 'c', 'd'}; 'none' / 'no variables' -> set()."""
     if re.fullmatch(r"(?:none|no variables?|nothing|no one|neither)", text.strip()):

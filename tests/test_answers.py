@@ -187,3 +187,23 @@ GOOD = "<think>\nGiven 3 and 4.\n<causality>\nBuying more apples -> more apples.
 def test_judge_rejects_with_a_reason(content, finish, verdict):
     row = {"gold": "7", "kind": "number"}
     assert check_trace(row, {"content": content, "finish_reason": finish}, RULES) == verdict
+
+
+@pytest.mark.parametrize(
+    ("output", "key"),
+    [
+        ("answer\nThe answer is B, A.", "a, b"),
+        ("answer\nA and B", "a, b"),
+        ("answer\nYes, because A causes B.", "yes"),
+        ("answer\n0.350", "0.35"),
+        ("answer\nThe effect is 0.35.", "0.35"),
+        ("answer\nnone", "none"),
+        ("", None),
+    ],
+)
+def test_causal_answers_that_score_alike_share_one_vote_key(output, key):
+    from claire.answers import causal_key
+
+    assert causal_key(output) == key
+    if key and key not in ("none", "yes"):
+        assert causal_correct(output, key.upper() if "," in key else key)  # the key is what causal_correct accepts

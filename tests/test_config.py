@@ -134,7 +134,8 @@ def test_every_group_has_options():
     train = {"model", "lora", "schedule", "data", "trainer", "quant", "tracking", "experiment", "hparams_search"}
     train |= {"method", "reward"}  # issue 18
     assert set(GROUPS) == train
-    assert groups_of("evaluate") == ["backend", "judge", "model", "suite"]
+    assert groups_of("evaluate") == ["backend", "decode", "judge", "model", "suite"]
+    assert groups_of("chat") == ["decode", "model"]  # issue 19
     assert groups_of("generate") == ["api", "mix", "prompt", "source"] and groups_of("report") == []
     assert all(options_of(g) for command in COMMANDS for g in groups_of(command)) and len(OPTIONS) >= 30
     # every folder of conf/ is a group some command composes, Hydra's own settings, or the files options inherit from

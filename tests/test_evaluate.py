@@ -516,3 +516,70 @@ def test_results_record_each_models_vocabulary(evaluated):
     assert vocabulary["base"] == vocabulary["tuned"] and vocabulary["base"]["embedding_rows"] > 0
     assert read(out / "tuned" / "results.json")["vocabulary"] == vocabulary["tuned"]
     assert "vocabularies differ" not in (out / "summary.md").read_text()
+
+
+def test_budget_forcing_scores_base_and_tuned_through_lm_eval_alike(trained, tmp_path):
+    from claire.datafiles import read_samples
+
+    out = tmp_path / "budget"
+    budget = [
+        "decode=budget",
+        "decode.min_thinking_tokens=0",
+        "decode.max_thinking_tokens=4",
+        "decode.max_new_tokens=12",
+    ]
+    cfg = tiny_eval(trained, out, *budget, "gen_kwargs.max_gen_toks=null")
+    evaluate.run(cfg)
+    for label in ("base", "tuned"):
+        results = read(out / label / "results.json")
+        assert results["configs"]["claire_causal"]["generation_kwargs"]["max_gen_toks"] == 12  # decode's length
+        assert results["decoding"]["decode"]["max_thinking_tokens"] == 4 and results["config"]["model_args"]["markers"]
+        for row in read_samples(out / label / "samples_claire_causal.jsonl"):  # forced at 4 tokens, for both
+            assert "\nanswer\n" in row["resps"][0][0], row["resps"][0][0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["decode=budget", "backend=vllm"], "decode=budget runs on backend=hf"),
+        (["decode=budget", "decode.max_waits=-2"], "decode.max_waits=-2 must be a whole number"),
+    ],
+)
+def test_a_decode_the_backend_cannot_do_is_one_line(trained, tmp_path, overrides, message):
+    with pytest.raises(ClaireError, match=message):
+        harness.check(tiny_eval(trained, tmp_path / "out", *overrides))
+
+
+def test_a_vote_samples_each_item_and_scores_the_majority_answer(trained, tmp_path):
+    from claire.datafiles import read_samples
+
+    out = tmp_path / "vote"
+    evaluate.run(tiny_eval(trained, out, "decode=vote", "decode.samples=3", "compare_base=false"))
+    results = read(out / "tuned" / "results.json")
+    assert results["configs"]["claire_causal"]["repeats"] == 3
+    assert results["configs"]["claire_causal"]["generation_kwargs"]["do_sample"] is True
+    for row in read_samples(out / "tuned" / "samples_claire_causal.jsonl"):
+        (samples,) = row["resps"]
+        assert len(samples) == 3 and row["filtered_resps"][0] in samples  # the vote keeps one of the 3 samples
+
+
+def test_the_causal_vote_keeps_the_completion_of_the_majority_answer():
+    from claire.evaluation.tasks.filters import CausalVote
+
+    samples = ["x\nanswer\nThe answer is B, A.", "y\nanswer\nC", "z\nanswer\nA and B"]
+    assert CausalVote().apply([samples, ["no answer at all"]], [{}, {}]) == [samples[0], "no answer at all"]
+
+
+def test_a_vote_on_a_stock_style_task_votes_before_taking_one(tmp_path):
+    cfg = compose_evaluate("tasks=[claire_gsm8k_chat]", "decode=vote", "decode.samples=4", f"output_dir={tmp_path}",
+                           f"data.gsm8k_test_file={GSM8K}", f"data.gsm8k_train_file={GSM8K}")  # fmt: skip
+    (task,) = harness.load_tasks(cfg, ["claire_gsm8k_chat"], harness.task_manager(cfg))
+    assert task.get_config("repeats") == 4
+    pipelines = {f.name: [type(make()).__name__ for make in f.filters] for f in task._filters}
+    assert pipelines["claire"] == ["ClaireAnswer", "MajorityVoteFilter", "TakeFirstFilter"]
+    assert pipelines["strict-match"] == ["RegexFilter", "MajorityVoteFilter", "TakeFirstFilter"]  # lm-eval's own
+    (claire,) = [f for f in task._filters if f.name == "claire"]
+    resps, docs = [["So.\nThe answer is 72", "The answer is 70", "The answer is $72.00"]], [{"answer": "#### 72"}]
+    for make in claire.filters:
+        resps = make().apply(resps, docs)
+    assert list(resps) == ["72"]  # two of three samples say 72 (one as $72.00)

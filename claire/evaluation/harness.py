@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from claire import ClaireError, configs, datafiles, machine, run_folders
+from claire.decoding import check as check_decode
 
 BACKENDS = {"hf": "hf", "vllm": "vllm", "api": "local-chat-completions"}
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts (vllm.config.lora)
@@ -38,6 +39,12 @@ def check(cfg: DictConfig) -> tuple[list[str], Any]:
     """One-line errors for a bad config, before any model loads; returns the task names and lm-eval's TaskManager."""
     if cfg.backend.name not in BACKENDS:
         raise ClaireError(f"backend={cfg.backend.name} is not a backend; choose one of {list(BACKENDS)}")
+    check_decode(cfg.decode)
+    if cfg.decode.name == "budget" and cfg.backend.name != "hf":
+        raise ClaireError(
+            f"decode=budget runs on backend=hf (a logits processor in generate); backend={cfg.backend.name} has no "
+            "Wait extension (vLLM only caps thinking): use backend=hf"
+        )
     if cfg.run:
         adopt_run(cfg)
     elif cfg.merged:
@@ -100,7 +107,8 @@ def require_packages(cfg: DictConfig) -> None:
 
 def load_tasks(cfg: DictConfig, names: list[str], manager: Any) -> list:
     """lm-eval's tasks, built (data included) so a bad data file fails before any model loads; each generative one
-    stops at the model's end-of-turn token and, for a stock task family Claire knows, reads answers with its reader.
+    stops at the model's end-of-turn token and, for a stock task family Claire knows, reads answers with its reader;
+    under decode=vote each generative task becomes self-consistency (claire.evaluation.tasks.filters.vote).
     """
     from claire.evaluation.tasks import filters
 
@@ -110,14 +118,20 @@ def load_tasks(cfg: DictConfig, names: list[str], manager: Any) -> list:
             filters.add_reader(task)
             kwargs = dict(task.get_config("generation_kwargs") or {})
             task.set_config("generation_kwargs", kwargs | {"until": with_end_token(list(kwargs.get("until", [])), cfg)})
+            if cfg.get("decode") and cfg.decode.name == "vote":
+                filters.vote(task, cfg.decode.samples, cfg.decode.temperature)
     inside = {id(t) for group in loaded["groups"].values() for t in [*group.get_all_tasks(), *group.get_all_groups()]}
     outermost = [*loaded["groups"].values(), *loaded["tasks"].values()]
     return [item for item in outermost if id(item) not in inside]
 
 
 def generation_overrides(cfg: DictConfig) -> dict:
-    """The gen_kwargs the user set (the null ones leave each task's own setting)."""
-    return {key: value for key, value in OmegaConf.to_container(cfg.gen_kwargs).items() if value is not None}
+    """The gen_kwargs the user set (the null ones leave each task's own setting); under decode=budget the
+    generation length is decode.max_new_tokens unless gen_kwargs.max_gen_toks says otherwise."""
+    given = {key: value for key, value in OmegaConf.to_container(cfg.gen_kwargs).items() if value is not None}
+    if cfg.get("decode") and cfg.decode.name == "budget":
+        given.setdefault("max_gen_toks", cfg.decode.max_new_tokens)
+    return given
 
 
 def with_end_token(until: list[str], cfg: DictConfig) -> list[str]:
@@ -203,6 +217,9 @@ def model_args(cfg: DictConfig, path: str, adapter: str | None, served_name: str
         args |= {"device": device(backend)}
         if adapter:
             args |= {"peft": adapter, "tokenizer": adapter}  # the chat template and any added tokens live there
+        if cfg.decode.name == "budget":  # claire-hf adds the budget-forcing logits processor to each generate call
+            keys = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait")
+            args |= {key: cfg.decode[key] for key in keys} | {"markers": cfg.model.markers}
         return "claire-hf", args | extra  # both models load and decode alike (claire.evaluation.hf_model)
     else:
         args |= {"gpu_memory_utilization": backend.gpu_memory_utilization, "max_model_len": backend.max_model_len}
@@ -259,11 +276,12 @@ def decoding(cfg: DictConfig) -> dict[str, str]:
     decodes with skip_special_tokens=True (claire-hf keeps Claire's trace markers); behind the api backend the
     server decides (`vllm serve` skips them by default).
     """
-    name = cfg.backend.name
+    forced = cfg.get("decode") and cfg.decode.name != "greedy"  # greedy: each task's own settings, nothing added
+    name, decode = cfg.backend.name, {"decode": OmegaConf.to_container(cfg.decode)} if forced else {}
     if name == "vllm":
         skipped = bool(generation_overrides(cfg).get("skip_special_tokens", False))
-        return {"backend": name, "special_tokens": "skipped" if skipped else "kept"}
-    return {"backend": name, "special_tokens": "skipped" if name == "hf" else "server"}
+        return {"backend": name, "special_tokens": "skipped" if skipped else "kept"} | decode
+    return {"backend": name, "special_tokens": "skipped" if name == "hf" else "server"} | decode
 
 
 def evaluate_model(cfg: DictConfig, lm: str, args: dict, names: list[str], manager: Any, out: Path) -> dict:

@@ -17,12 +17,27 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from claire.completions import decode
+from claire.decoding import BudgetForcing
 from claire.models import grow_embeddings
+
+BUDGET_KEYS = ("min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait", "markers")
 
 
 @register_model("claire-hf")
 class ClaireHFLM(HFLM):
-    """HFLM loading adapters without shrinking the vocabulary, decoding Claire's trace markers."""
+    """HFLM loading adapters without shrinking the vocabulary, decoding Claire's trace markers, and forcing a
+    thinking budget when model_args carry one (decode=budget)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.budget = {key: kwargs.pop(key) for key in BUDGET_KEYS if key in kwargs}
+        super().__init__(*args, **kwargs)
+
+    def _model_generate(self, context: Any, max_length: int, stop: list[str], **generation_kwargs: Any) -> Any:
+        """lm-eval's generate call, with a fresh BudgetForcing per batch under decode=budget."""
+        if self.budget:
+            forcing = BudgetForcing(self.tokenizer, context.shape[1], **self.budget)
+            generation_kwargs["logits_processor"] = [forcing]
+        return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
     def _create_model(self, pretrained: str, *args: Any, peft: str | None = None, **kwargs: Any) -> None:
         super()._create_model(pretrained, *args, peft=None, **kwargs)

@@ -68,3 +68,48 @@ def add_reader(task: Any) -> bool:
     # a built task reads filter_list only in its constructor, and lm-eval has no call to add one afterwards
     task._filters.append(build_filter_ensemble(NAME, [[NAME, kwargs], ["take_first", None]]))
     return True
+
+
+@register_filter("claire_causal_vote")
+class CausalVote(Filter):
+    """Self-consistency for the causal suite, whose scoring reads whole completions (graph and answer): the first
+    completion whose answer (read as claire.answers reads causal answers) the most completions give."""
+
+    def apply(self, resps: Iterable[list[str]], docs: list[dict]) -> list[str]:
+        """One completion per document (as take_first leaves it): a majority answer's first."""
+        from lm_eval.filters.selection import MajorityVoteFilter
+
+        chosen = []
+        for responses in resps:
+            read = [answers.causal_key(response) for response in responses]
+            voted = [key for key in read if key]
+            if not voted:
+                chosen.append(responses[0])
+                continue
+            (winner,) = next(iter(MajorityVoteFilter().apply([voted], None)))
+            chosen.append(responses[read.index(winner)])
+        return chosen
+
+
+def vote(task: Any, samples: int, temperature: float) -> None:
+    """Turn a generative task into self-consistency over `samples` samples: lm-eval's repeats, sampling, and each
+    filter pipeline voting before it takes one response (`majority_vote`); a pipeline that keeps whole completions
+    (the causal suite's) votes on the answers Claire reads in them instead."""
+    from lm_eval.filters import build_filter_ensemble
+
+    kwargs = dict(task.get_config("generation_kwargs") or {})
+    task.set_config("generation_kwargs", kwargs | {"do_sample": True, "temperature": temperature})
+    task.set_config("repeats", samples)
+    pipelines = task.config.filter_list or [{"name": "none", "filter": [{"function": "take_first"}]}]
+    task._filters = []  # a built task reads filter_list only in its constructor (as add_reader says)
+    for pipeline in pipelines:
+        steps = [
+            [step["function"], {k: v for k, v in step.items() if k != "function"} or None]
+            for step in pipeline["filter"]
+        ]
+        if len(steps) == 1 and steps[0][0] == "take_first":
+            steps = [["claire_causal_vote", None]]
+        else:
+            last = len(steps) - 1 if steps[-1][0] == "take_first" else len(steps)
+            steps = [*steps[:last], ["majority_vote", None], ["take_first", None]]
+        task._filters.append(build_filter_ensemble(pipeline["name"], steps))
