@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import GSM8K, ROOT, compose_evaluate
+from omegaconf import OmegaConf
 
 from claire import ClaireError, evaluate
 from claire.evaluation import harness
@@ -528,14 +529,16 @@ def test_budget_forcing_scores_base_and_tuned_through_lm_eval_alike(trained, tmp
         "decode.max_thinking_tokens=4",
         "decode.max_new_tokens=12",
     ]
-    cfg = tiny_eval(trained, out, *budget, "gen_kwargs.max_gen_toks=null")
-    evaluate.run(cfg)
-    for label in ("base", "tuned"):
-        results = read(out / label / "results.json")
-        assert results["configs"]["claire_causal"]["generation_kwargs"]["max_gen_toks"] == 12  # decode's length
-        assert results["decoding"]["decode"]["max_thinking_tokens"] == 4 and results["config"]["model_args"]["markers"]
-        for row in read_samples(out / label / "samples_claire_causal.jsonl"):  # forced at 4 tokens, for both
-            assert "\nanswer\n" in row["resps"][0][0], row["resps"][0][0]
+    cfg = tiny_eval(trained, out, *budget, "gen_kwargs.max_gen_toks=null", "compare_base=false")
+    harness.check(cfg)
+    both = harness.subjects(OmegaConf.merge(cfg, {"compare_base": True}))
+    assert both["base"][1]["max_thinking_tokens"] == both["tuned"][1]["max_thinking_tokens"] == 4  # alike
+    evaluate.run(cfg)  # the tuned model through lm-eval (the base model goes the same way, without the adapter)
+    results = read(out / "tuned" / "results.json")
+    assert results["configs"]["claire_causal"]["generation_kwargs"]["max_gen_toks"] == 12  # decode's length
+    assert results["decoding"]["decode"]["max_thinking_tokens"] == 4 and results["config"]["model_args"]["markers"]
+    for row in read_samples(out / "tuned" / "samples_claire_causal.jsonl"):  # the answer marker forced at 4 tokens
+        assert "\nanswer\n" in row["resps"][0][0], row["resps"][0][0]
 
 
 @pytest.mark.parametrize(
