@@ -80,12 +80,14 @@ def causal_key(output: str) -> str | None:
     answer = causal_answer(output).lower().replace("≈", "").strip()
     if not answer:
         return None
+    if not _names(answer):  # 'none', 'no variables', 'no one': the empty set, before 'no' is read as a verdict
+        return "none"
     words = re.findall(r"[a-z]+", answer)
     if words and words[0] in ("yes", "no", "direct", "indirect"):
         return words[0]
     numbers = NUMBER.findall(answer)  # causal_correct reads a numeric gold as the first number anywhere
     if numbers:
-        return f"{float(numbers[0]):g}"
+        return f"{round(float(numbers[0]), 3):g}"  # within causal_correct's tolerance of a 4-place gold
     return ", ".join(sorted(_names(answer))) or "none"
 
 

@@ -51,7 +51,8 @@ def ask(model: Any, tokenizer: Any, cfg: DictConfig, question: str, out: Any = N
         messages.insert(0, {"role": "system", "content": system})
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
     prompt_length = inputs["input_ids"].shape[1]
-    kwargs = decoding.generate_kwargs(cfg.decode, tokenizer, prompt_length, cfg.model.markers)
+    ends = model.generation_config.eos_token_id
+    kwargs = decoding.generate_kwargs(cfg.decode, tokenizer, prompt_length, cfg.model.markers, ends)
     if cfg.stream and kwargs.get("num_return_sequences", 1) == 1:
         kwargs["streamer"] = Streamer(tokenizer, out)
     with torch.no_grad():
@@ -88,29 +89,31 @@ class KeepMarkers:
         return getattr(self.tokenizer, name)
 
 
-def majority(texts: list[str]) -> tuple[str | None, int]:
-    """The answer most completions give, as Claire's reader reads it (lm-eval's majority_vote filter), and its count."""
+def majority(texts: list[str]) -> tuple[str | None, int, int]:
+    """The answer most completions give, in the form the causal suite compares (claire.answers.causal_key; lm-eval's
+    majority_vote filter counts), its count, and the first completion giving it."""
     from lm_eval.filters.selection import MajorityVoteFilter
 
-    read = [answers.final_answer(text) or None for text in texts]
-    votes = [a for a in read if a]
+    keys = [answers.causal_key(text) for text in texts]
+    votes = [key for key in keys if key]
     if not votes:
-        return None, 0
+        return None, 0, 0
     (winner,) = next(iter(MajorityVoteFilter().apply([votes], None)))
-    return winner, votes.count(winner)
+    return winner, votes.count(winner), keys.index(winner)
 
 
 def show(texts: list[str], cfg: DictConfig, number: int, out: Any = None) -> dict[str, Any]:
-    """Print the answer's three parts (the first completion's, and the vote when there are several); return them."""
+    """Print the answer's three parts (with several samples: those of the first giving the majority answer, and the
+    vote); return them."""
     out = out or sys.stdout
-    shown = completions.parts(texts[0])
+    winner, count, first = majority(texts) if len(texts) > 1 else (None, 0, 0)
+    shown = completions.parts(texts[first])
     edges = sorted(graphs.parse_edges(shown["causality"] or ""))
     lines = [f"{RULE} thinking", shown["thinking"] or "(none)", f"{RULE} causal world model"]
     lines += [f"  {a} -> {b}" for a, b in edges] or ["(no <causality> block)"]
     lines += [f"{RULE} answer", shown["answer"] or "(no answer section)"]
-    result = {**shown, "edges": edges, "text": texts[0]}
+    result = {**shown, "edges": edges, "text": texts[first]}
     if len(texts) > 1:
-        winner, count = majority(texts)
         lines += [f"{RULE} vote: {winner} ({count} of {len(texts)} samples)" if winner else f"{RULE} vote: no answer"]
         result["vote"] = winner
     if cfg.graph_png and edges:

@@ -91,7 +91,8 @@ def well_formed(text: str) -> bool:
 
 def parts(text: str) -> dict[str, str | None]:
     """A completion as a person reads it: its thinking, its causality block and its answer (None where missing)."""
-    causality = causality_section(text)
+    block = causality_section(text)
+    causality = block.strip() if block else None
     answer = answer_section(text)
     thinking = text
     for cut in (SECTION_MARKERS["answer"], re.compile(r"</think>")):
@@ -102,4 +103,4 @@ def parts(text: str) -> dict[str, str | None]:
     if causality:
         thinking = thinking.replace(causality, "")
     thinking = "\n".join(line for line in thinking.splitlines() if line.strip())
-    return {"thinking": thinking or None, "causality": causality.strip() if causality else None, "answer": answer}
+    return {"thinking": thinking or None, "causality": causality or None, "answer": answer}

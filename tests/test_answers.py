@@ -198,6 +198,8 @@ def test_judge_rejects_with_a_reason(content, finish, verdict):
         ("answer\n0.350", "0.35"),
         ("answer\nThe effect is 0.35.", "0.35"),
         ("answer\nnone", "none"),
+        ("answer\nNo variables.", "none"),
+        ("answer\n0.5004", "0.5"),
         ("", None),
     ],
 )
@@ -205,5 +207,5 @@ def test_causal_answers_that_score_alike_share_one_vote_key(output, key):
     from claire.answers import causal_key
 
     assert causal_key(output) == key
-    if key and key not in ("none", "yes"):
+    if key and key not in ("none", "yes", "0.5"):
         assert causal_correct(output, key.upper() if "," in key else key)  # the key is what causal_correct accepts

@@ -63,10 +63,11 @@ def test_a_trace_is_read_into_thinking_edges_and_answer_and_drawn(tmp_path):
 
 
 def test_a_vote_takes_the_answer_most_samples_give():
-    answers = ["<|im_start|>answer\nThe answer is W.", "<|im_start|>answer\nThe answer is A.", "answer\nW"]
+    samples = ["answer\nThe answer is A.", "causality\nW -> C\nanswer\nC and W", "answer\nW, C"]
     out = io.StringIO()
-    shown = chat.show(answers, compose_chat("decode=vote"), 1, out)
-    assert shown["vote"] == "W" and "vote: W (2 of 3 samples)" in out.getvalue()
+    shown = chat.show(samples, compose_chat("decode=vote"), 1, out)
+    assert shown["vote"] == "c, w" and "vote: c, w (2 of 3 samples)" in out.getvalue()  # one answer, two spellings
+    assert shown["edges"] == [("w", "c")] and shown["answer"] == "C and W"  # the parts of a sample giving it
 
 
 def test_vote_and_budget_run_end_to_end(tiny_run, capsys):
@@ -74,7 +75,7 @@ def test_vote_and_budget_run_end_to_end(tiny_run, capsys):
                                   "decode.max_new_tokens=6", "threads=1"))  # fmt: skip
     assert "vote" in voted[0]
     cfg = compose_chat(f"run={tiny_run}", "question=Why?", "decode=budget", "decode.min_thinking_tokens=0",
-                       "decode.max_thinking_tokens=4", "decode.max_new_tokens=10", "threads=1")  # fmt: skip
+                       "decode.max_thinking_tokens=4", "decode.max_new_tokens=36", "threads=1")  # fmt: skip
     (budgeted,) = chat.run(cfg)
     assert completions.SECTION_MARKERS["answer"].search(budgeted["text"])  # the answer marker, forced at 4 tokens
 
@@ -131,3 +132,8 @@ def test_a_special_markers_run_answers_with_its_tags_merged_or_not(tiny_model_di
         shown = chat.run(compose_chat(f"run={out}", f"merged={merged}", "question=Why?", "decode.max_new_tokens=4"))
         assert len(shown) == 1
     assert torch.allclose(logits[0], logits[1], atol=1e-4)  # adapter merged here = the merged model the run saved
+
+
+def test_an_empty_causality_block_reads_as_none():
+    shown = completions.parts("think\nfirst line\nsecond line\ncausality\nanswer\nA")
+    assert shown == {"thinking": "first line\nsecond line", "causality": None, "answer": "A"}

@@ -117,12 +117,17 @@ def test_budget_forcing_runs_inside_generate_on_the_tiny_model(tiny_model_dir):
         ({"min_thinking_tokens": 600, "max_thinking_tokens": 500}, "min_thinking_tokens=600 is above"),
         ({"max_thinking_tokens": 900, "max_new_tokens": 900}, "leaves no room to answer"),
         ({"name": "vote", "samples": 1}, "decode=vote needs decode.samples >= 2"),
+        ({"name": "vote", "samples": 4, "temperature": 0}, "decode.temperature=0 must be above 0"),
+        ({"max_waits": None}, "decode=budget needs decode.max_waits"),
+        ({"max_thinking_tokens": 0}, "decode.max_thinking_tokens=0 would answer at once"),
+        ({"max_thinking_tokens": 512, "max_new_tokens": 520}, "give at least 544"),
         ({"name": "beam"}, "decode=beam is not a decoding; choose one of greedy, budget, vote"),
     ],
 )
 def test_bad_decode_settings_fail_in_one_line(overrides, message):
     cfg = OmegaConf.create({"name": "budget", "max_new_tokens": 640, "min_thinking_tokens": 256,
-                            "max_thinking_tokens": 512, "max_waits": 2, "samples": None} | overrides)  # fmt: skip
+                            "max_thinking_tokens": 512, "max_waits": 2, "wait": "\nWait", "samples": None,
+                            "temperature": None} | overrides)  # fmt: skip
     with pytest.raises(ClaireError, match=message):
         decoding.check(cfg)
 
@@ -134,3 +139,18 @@ def test_each_decode_option_passes_its_own_checks():
     for option in ("greedy", "budget", "vote"):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             decoding.check(compose("chat", overrides=[f"decode={option}"]).decode)
+
+
+def test_a_causality_block_cut_by_the_cap_is_closed_before_the_answer(embedded_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    tokenizer.add_tokens(["<think>", "</think>", "<causality>", "</causality>"], special_tokens=True)
+    forcing = BudgetForcing(tokenizer, 0, markers="special", max_thinking_tokens=4)
+    written = decode_with(forcing, tokenizer, [], script(tokenizer, "<think>x<causality>A -> C B -> D"), 9)
+    assert written.startswith("<think>x<causality>A</causality>\n</think>\n")  # cut at 4 tokens, closed, answered
+
+
+def test_every_end_of_turn_token_of_the_model_is_an_exit(tokenizer):
+    generated = ids(tokenizer, "<|im_start|>think\nx\n<|im_start|>causality\nA -> C\n")
+    forcing = BudgetForcing(tokenizer, 0, min_thinking_tokens=1000, eos_token_id=[7, 8])
+    out = forcing(torch.tensor([generated]), torch.zeros(1, len(tokenizer)))
+    assert out[0, 7] == out[0, 8] == -float("inf")  # e.g. Qwen's <|endoftext|> beside <|im_end|>

@@ -527,7 +527,7 @@ def test_budget_forcing_scores_base_and_tuned_through_lm_eval_alike(trained, tmp
         "decode=budget",
         "decode.min_thinking_tokens=0",
         "decode.max_thinking_tokens=4",
-        "decode.max_new_tokens=12",
+        "decode.max_new_tokens=36",
     ]
     cfg = tiny_eval(trained, out, *budget, "gen_kwargs.max_gen_toks=null", "compare_base=false")
     harness.check(cfg)
@@ -535,7 +535,7 @@ def test_budget_forcing_scores_base_and_tuned_through_lm_eval_alike(trained, tmp
     assert both["base"][1]["max_thinking_tokens"] == both["tuned"][1]["max_thinking_tokens"] == 4  # alike
     evaluate.run(cfg)  # the tuned model through lm-eval (the base model goes the same way, without the adapter)
     results = read(out / "tuned" / "results.json")
-    assert results["configs"]["claire_causal"]["generation_kwargs"]["max_gen_toks"] == 12  # decode's length
+    assert results["configs"]["claire_causal"]["generation_kwargs"]["max_gen_toks"] == 36  # decode's length
     assert results["decoding"]["decode"]["max_thinking_tokens"] == 4 and results["config"]["model_args"]["markers"]
     for row in read_samples(out / "tuned" / "samples_claire_causal.jsonl"):  # the answer marker forced at 4 tokens
         assert "\nanswer\n" in row["resps"][0][0], row["resps"][0][0]
@@ -546,6 +546,7 @@ def test_budget_forcing_scores_base_and_tuned_through_lm_eval_alike(trained, tmp
     [
         (["decode=budget", "backend=vllm"], "decode=budget runs on backend=hf"),
         (["decode=budget", "decode.max_waits=-2"], "decode.max_waits=-2 must be a whole number"),
+        (["decode=budget", "gen_kwargs.max_gen_toks=520"], "leaves no room to answer within the generation length=520"),
     ],
 )
 def test_a_decode_the_backend_cannot_do_is_one_line(trained, tmp_path, overrides, message):
@@ -586,3 +587,9 @@ def test_a_vote_on_a_stock_style_task_votes_before_taking_one(tmp_path):
     for make in claire.filters:
         resps = make().apply(resps, docs)
     assert list(resps) == ["72"]  # two of three samples say 72 (one as $72.00)
+
+
+def test_a_vote_refuses_a_task_that_samples_already(tmp_path):
+    cfg = compose_evaluate("tasks=[claire_causal_sampled]", "decode=vote", f"output_dir={tmp_path}")
+    with pytest.raises(ClaireError, match="task claire_causal_sampled samples already"):
+        harness.load_tasks(cfg, ["claire_causal_sampled"], harness.task_manager(cfg))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from claire import ClaireError, configs, datafiles, machine, run_folders
 from claire.decoding import check as check_decode
+from claire.decoding import check_room
 
 BACKENDS = {"hf": "hf", "vllm": "vllm", "api": "local-chat-completions"}
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts (vllm.config.lora)
@@ -45,6 +46,8 @@ def check(cfg: DictConfig) -> tuple[list[str], Any]:
             f"decode=budget runs on backend=hf (a logits processor in generate); backend={cfg.backend.name} has no "
             "Wait extension (vLLM only caps thinking): use backend=hf"
         )
+    if cfg.decode.name == "budget":  # the generation length lm-eval will use must leave room to answer too
+        check_room(cfg.decode.max_thinking_tokens, generation_overrides(cfg)["max_gen_toks"], "the generation length")
     if cfg.run:
         adopt_run(cfg)
     elif cfg.merged:
@@ -119,7 +122,7 @@ def load_tasks(cfg: DictConfig, names: list[str], manager: Any) -> list:
             kwargs = dict(task.get_config("generation_kwargs") or {})
             task.set_config("generation_kwargs", kwargs | {"until": with_end_token(list(kwargs.get("until", [])), cfg)})
             if cfg.get("decode") and cfg.decode.name == "vote":
-                filters.vote(task, cfg.decode.samples, cfg.decode.temperature)
+                filters.vote(task, cfg.decode.samples, cfg.decode.temperature, cfg.decode.top_p)
     inside = {id(t) for group in loaded["groups"].values() for t in [*group.get_all_tasks(), *group.get_all_groups()]}
     outermost = [*loaded["groups"].values(), *loaded["tasks"].values()]
     return [item for item in outermost if id(item) not in inside]

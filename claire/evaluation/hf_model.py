@@ -35,7 +35,8 @@ class ClaireHFLM(HFLM):
     def _model_generate(self, context: Any, max_length: int, stop: list[str], **generation_kwargs: Any) -> Any:
         """lm-eval's generate call, with a fresh BudgetForcing per batch under decode=budget."""
         if self.budget:
-            forcing = BudgetForcing(self.tokenizer, context.shape[1], **self.budget)
+            ends = self.model.generation_config.eos_token_id  # every end-of-turn token the model stops on
+            forcing = BudgetForcing(self.tokenizer, context.shape[1], **self.budget, eos_token_id=ends)
             generation_kwargs["logits_processor"] = [forcing]
         return super()._model_generate(context, max_length, stop, **generation_kwargs)
 

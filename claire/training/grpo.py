@@ -73,7 +73,10 @@ class ClaireGRPOTrainer(GRPOTrainer):
             with self.accelerator.autocast():
                 logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep + 1, use_cache=False)
             chosen, entropy = selective_log_softmax_and_entropy(
-                logits.logits[:, :-1].float(), ids[:, -logits_to_keep:], grad_entropy, self.temperature
+                logits.logits[:, -logits_to_keep - 1 : -1].float(),
+                ids[:, -logits_to_keep:],
+                grad_entropy,
+                self.temperature,
             )
             logps.append(chosen)
             entropies.append(entropy)

@@ -91,14 +91,21 @@ class CausalVote(Filter):
         return chosen
 
 
-def vote(task: Any, samples: int, temperature: float) -> None:
+def vote(task: Any, samples: int, temperature: float, top_p: float | None = None) -> None:
     """Turn a generative task into self-consistency over `samples` samples: lm-eval's repeats, sampling, and each
     filter pipeline voting before it takes one response (`majority_vote`); a pipeline that keeps whole completions
     (the causal suite's) votes on the answers Claire reads in them instead."""
     from lm_eval.filters import build_filter_ensemble
 
+    from claire import ClaireError
+
+    if (task.get_config("repeats") or 1) > 1:
+        name = task.get_config("task")
+        raise ClaireError(f"decode=vote: task {name} samples already (repeats={task.get_config('repeats')}); vote on "
+                          "a task that generates once per item, or drop decode=vote")  # fmt: skip
     kwargs = dict(task.get_config("generation_kwargs") or {})
-    task.set_config("generation_kwargs", kwargs | {"do_sample": True, "temperature": temperature})
+    sampling = {"do_sample": True, "temperature": temperature} | ({"top_p": top_p} if top_p is not None else {})
+    task.set_config("generation_kwargs", kwargs | sampling)
     task.set_config("repeats", samples)
     pipelines = task.config.filter_list or [{"name": "none", "filter": [{"function": "take_first"}]}]
     task._filters = []  # a built task reads filter_list only in its constructor (as add_reader says)
