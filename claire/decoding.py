@@ -137,7 +137,7 @@ class BudgetForcing(LogitsProcessor):
         return 0
 
     def _contains(self, generated: list[int]) -> bool:
-        """Whether the causality block's opening marker is among these tokens (a one-token end marker: always)."""
+        """Whether the causality block's opening marker is among these tokens."""
         n = len(self.causality)
         return any(generated[i : i + n] == self.causality for i in range(len(generated) - n + 1))
 
