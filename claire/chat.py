@@ -5,7 +5,6 @@
     python -m claire.chat run=<run> 'question="Let A cause C, ..."'        # one question, then exit (scripts)
 """
 
-import logging
 import os
 import sys
 from collections.abc import Iterable
@@ -19,7 +18,6 @@ from transformers import TextStreamer
 from claire import ClaireError, answers, completions, configs, decoding, graphs, resolvers, run_folders
 
 resolvers.register()
-log = logging.getLogger("claire.chat")
 RULE = "──"
 
 
@@ -28,17 +26,12 @@ def check(cfg: DictConfig) -> None:
     decoding.check(cfg.decode)
     if cfg.run:
         cfg.model = run_folders.trained_model(Path(cfg.run), cfg.merged, cfg.model.trust_remote_code)
+        if cfg.system_prompt is None:  # the system prompt the run was trained with, if any
+            cfg.system_prompt = OmegaConf.load(Path(cfg.run) / "config.yaml").get("data", {}).get("system_prompt")
     elif cfg.merged:
         raise ClaireError("merged=true needs run=<a claire.train run folder>")
     if cfg.question is not None and not str(cfg.question).strip():
         raise ClaireError("question= is empty; give one, e.g. 'question=\"What is the root cause of C?\"', or drop it")
-
-
-def system_prompt(cfg: DictConfig) -> str | None:
-    """The system prompt the run was trained with (its data.system_prompt), unless one is given."""
-    if cfg.system_prompt is not None or not cfg.run:
-        return cfg.system_prompt
-    return OmegaConf.load(Path(cfg.run) / "config.yaml").get("data", {}).get("system_prompt")
 
 
 def ask(model: Any, tokenizer: Any, cfg: DictConfig, question: str, out: Any = None) -> list[str]:
@@ -47,8 +40,8 @@ def ask(model: Any, tokenizer: Any, cfg: DictConfig, question: str, out: Any = N
 
     out = out or sys.stdout
     messages = [{"role": "user", "content": question}]
-    if system := system_prompt(cfg):
-        messages.insert(0, {"role": "system", "content": system})
+    if cfg.system_prompt:
+        messages.insert(0, {"role": "system", "content": cfg.system_prompt})
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
     prompt_length = inputs["input_ids"].shape[1]
     ends = model.generation_config.eos_token_id
