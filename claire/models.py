@@ -119,21 +119,17 @@ def train_marker_embeddings(lora: Any, text_config: Any) -> None:
 
 def load_for_inference(model: DictConfig, run: str | None = None, merged: bool = False) -> tuple[Any, Any]:
     """A model to talk to and its tokenizer: the base model alone, a run's adapter merged into it (the run's
-    tokenizer: its chat template and any added markers), or the merged model the run saved; in eval mode."""
-    if run and merged:
-        folder = str(Path(run) / "merged")
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=model.trust_remote_code)
-        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, model.dtype))
-        return lm.eval(), tokenizer
+    tokenizer: its chat template and any added markers), or a whole model the run saved (merged/, or adapter/ after
+    lora=none); in eval mode."""
     if not run:
         tokenizer = load_tokenizer(model)
         return load_model(model, None, tokenizer).eval(), tokenizer
-    adapter = Path(run) / "adapter"
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter), trust_remote_code=model.trust_remote_code)
-    if (adapter / "config.json").is_file():  # lora=none: the whole fine-tuned model
-        lm = AutoModelForCausalLM.from_pretrained(str(adapter), dtype=getattr(torch, model.dtype))
-        return lm.eval(), tokenizer
+    folder = Path(run) / ("merged" if merged else "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=model.trust_remote_code)
+    if (folder / "config.json").is_file():
+        kwargs = {"dtype": getattr(torch, model.dtype), "trust_remote_code": model.trust_remote_code}
+        return AutoModelForCausalLM.from_pretrained(str(folder), **kwargs).eval(), tokenizer
     from peft import PeftModel
 
     base = load_model(model, None, tokenizer)
-    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval(), tokenizer
+    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload().eval(), tokenizer
