@@ -9,7 +9,7 @@ ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup train test test-fast lint format bench-train bench-rl bench-generate bench-eval bench-sweep gpu-check evaluate sample demo-causal demo-rl clean-venv
+.PHONY: setup train test test-fast lint format bench-train bench-rl bench-generate bench-eval bench-serve bench-ttc bench-sweep gpu-check evaluate sample demo-causal demo-rl clean-venv
 
 setup: $(STAMP)
 
@@ -50,6 +50,12 @@ bench-generate: $(STAMP)  ## teacher throughput under a rate limit (scripted ser
 
 bench-eval: $(STAMP)  ## claire.evaluate vs lm-eval's CLI at its default batch size: wall time on 40 gsm8k items
 	$(PY) benchmarks/bench_eval.py $(ARGS)
+
+bench-serve: $(STAMP)  ## claire.serve vs the plain `transformers serve` it wraps: requests/s and p50/p95 at concurrency 1, 4, 16
+	$(PY) benchmarks/bench_serve.py $(ARGS)
+
+bench-ttc: $(STAMP)  ## test-time scaling: causal accuracy vs tokens for thinking budgets and votes (ARGS="--run <run> --data <dir>")
+	$(PY) benchmarks/bench_ttc.py $(ARGS)
 
 bench-sweep: $(STAMP)  ## the quick CPU sweep with and without pruning: share of training steps saved, both best objectives
 	$(PY) benchmarks/bench_sweep.py $(ARGS)

@@ -75,7 +75,7 @@ class BudgetForcing(LogitsProcessor):
     def __init__(
         self,
         tokenizer: Any,
-        prompt_length: int,
+        prompt_length: int | None,
         markers: str = "native",
         min_thinking_tokens: int | None = None,
         max_thinking_tokens: int | None = None,
@@ -90,7 +90,7 @@ class BudgetForcing(LogitsProcessor):
         given = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]  # the model's generation config
         ends = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"), *given}
         self.stops = ends - {None, tokenizer.unk_token_id}  # ending the turn leaves the thinking part too
-        self.prompt_length = prompt_length
+        self.prompt_length = prompt_length  # None: the input's length at the first call (a server builds this unseen)
         self.low, self.high, self.max_waits = min_thinking_tokens or 0, max_thinking_tokens, max_waits
         self.waits: list[int] = []
         self.queues: list[list[int]] = []
@@ -100,6 +100,7 @@ class BudgetForcing(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Scores with each row's forced token, or its early exits banned, applied."""
         if not self.queues:
+            self.prompt_length = input_ids.shape[1] if self.prompt_length is None else self.prompt_length
             rows = len(input_ids)
             self.waits, self.queues, self.answering = [0] * rows, [[] for _ in range(rows)], [False] * rows
             self.opened = [
@@ -153,7 +154,7 @@ class BudgetForcing(LogitsProcessor):
 
 
 def generate_kwargs(
-    decode: DictConfig, tokenizer: Any, prompt_length: int, markers: str = "native", eos_token_id: Any = None
+    decode: DictConfig, tokenizer: Any, prompt_length: int | None, markers: str = "native", eos_token_id: Any = None
 ) -> dict:
     """Keyword arguments of `model.generate` for this decoding (a fresh BudgetForcing per call: it holds state)."""
     kwargs: dict[str, Any] = {"max_new_tokens": decode.max_new_tokens}

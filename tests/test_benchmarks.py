@@ -121,6 +121,32 @@ def test_bench_eval(tiny_model_dir, tmp_path):
 
 
 @needs_make
+def test_bench_serve(tiny_model_dir, tmp_path):
+    args = ["--levels", "1,2", "--requests", "2", "--max-tokens", "4", "--rounds", "1", "--threads", "1"]
+    out = make_bench("serve", [*args, "--model", str(tiny_model_dir)], tmp_path)
+    for level in (1, 2):
+        for name in ("claire.serve", "transformers serve"):
+            rps, p50, p95 = figures(rf"^\| {level} \| {name} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out)
+            assert rps > 0 and 0 < p50 <= p95
+        figures(rf"^overhead at concurrency {level}: requests/s ([-+\d.]+)%, p50 latency ([-+\d.]+)%$", out)
+
+
+@pytest.mark.slow  # ~30 s: two claire.evaluate commands, each indexing lm-eval's tasks
+@needs_make
+def test_bench_ttc(tiny_model_dir, tmp_path):
+    args = ["--model", str(tiny_model_dir), "--items", "2", "--budgets", "", "--votes", "2", "--max-new-tokens", "24"]
+    out = make_bench("ttc", [*args, "--threads", "1", "--out", str(tmp_path / "ttc")], tmp_path)
+    for setting in ("greedy", "vote 2"):
+        accuracy, low, high, tokens = figures(
+            rf"^\| model \| {setting} \| ([\d.]+) \[([\d.]+), ([\d.]+)\] \| (\d+) \|$", out
+        )
+        assert 0 <= low <= accuracy <= high <= 1 and tokens > 0
+    table = json.loads((tmp_path / "ttc" / "ttc.json").read_text())
+    assert table["model"]["vote 2"]["tokens"] > table["model"]["greedy"]["tokens"]  # both samples of a vote count
+    assert (tmp_path / "ttc" / "ttc.png").stat().st_size > 1000
+
+
+@needs_make
 def test_bench_sweep(tiny_model_dir, tmp_path):
     overrides = [*tiny_model(tiny_model_dir), "model.dtype=float32", "trainer.bf16=false", "data.max_train_rows=4"]
     overrides += ["data.max_eval_rows=2", "trainer.max_steps=2", "trainer.eval_steps=1", "trainer.save_steps=2"]

@@ -16,7 +16,7 @@ from claire.evaluation import harness
 from claire.teacher import pipeline
 from claire.training import checks
 
-COMMANDS = ("train", "evaluate", "generate", "report", "chat")  # the primary configs conf/<command>.yaml
+COMMANDS = ("train", "evaluate", "generate", "report", "chat", "serve")  # the primary configs conf/<command>.yaml
 
 
 def composed(command: str, *overrides: str) -> DictConfig:
@@ -89,6 +89,7 @@ HYDRA = {  # command: run dir, sweep dir, output_subdir (Hydra writes nothing: e
     "generate": (".", HYDRA_DEFAULT_SWEEP, None),
     "report": (".", HYDRA_DEFAULT_SWEEP, None),
     "chat": (".", HYDRA_DEFAULT_SWEEP, None),
+    "serve": (".", HYDRA_DEFAULT_SWEEP, None),
 }
 
 
@@ -135,7 +136,7 @@ def test_every_group_has_options():
     train |= {"method", "reward"}  # issue 18
     assert set(GROUPS) == train
     assert groups_of("evaluate") == ["backend", "decode", "judge", "model", "suite"]
-    assert groups_of("chat") == ["decode", "model"]  # issue 19
+    assert groups_of("chat") == ["decode", "model"] == groups_of("serve")  # issue 19
     assert groups_of("generate") == ["api", "mix", "prompt", "source"] and groups_of("report") == []
     assert all(options_of(g) for command in COMMANDS for g in groups_of(command)) and len(OPTIONS) >= 30
     # every folder of conf/ is a group some command composes, Hydra's own settings, or the files options inherit from

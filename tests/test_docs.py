@@ -41,7 +41,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN_LANGUAGES = {"bash", "sh", "shell", "console"}
-HYDRA_COMMANDS = ("train", "evaluate", "generate", "report", "chat")
+HYDRA_COMMANDS = ("train", "evaluate", "generate", "report", "chat", "serve")
 FOLDER_TOOLS = ("stats", "decontamination", "sweep", "reproduce")
 HYDRA_FLAGS_DROPPED = {"-m", "--multirun", "--resolve"}
 HYDRA_FLAGS_WITH_VALUE_DROPPED = {"--cfg", "-c", "--package", "-p"}
@@ -50,6 +50,7 @@ HYDRA_FLAGS_WITH_VALUE_DROPPED = {"--cfg", "-c", "--package", "-p"}
 PLACEHOLDERS = {
     "<run>": "experiments/report/claire-1.5b-v2",  # a run folder: the committed frozen run of the report's 1.5B
     "<time>": "2025-01-01_00-00-00",  # a timestamp folder name, as Hydra names them
+    "<run_name>": "claire-1.5b-v2",  # a run's name, the folder above its timestamps
     "<study>": "quick-cpu",  # a study under sweeps/
     "<base_samples>": "base/samples_claire_causal.jsonl",  # an lm-eval sample log
     "<tuned_samples>": "tuned/samples_claire_causal.jsonl",
@@ -279,6 +280,26 @@ def check_extras(target: str) -> None:
         assert extra in extras, f"pip install -e {target}: pyproject.toml has no extra {extra}"
 
 
+def check_docker(argv: list[str]) -> None:
+    """`docker build --target T -t TAG .`, `docker run ... TAG [overrides]`, `docker compose up SERVICE`: the target,
+    the service and the mounts exist in Dockerfile and compose.yaml; the run's overrides compose for claire.serve."""
+    stages = set(re.findall(r"^FROM \S+ AS (\w+)$", (ROOT / "Dockerfile").read_text(), re.M))
+    if argv[1] == "build":
+        assert argv[argv.index("--target") + 1] in stages and argv[-1] == ".", f"{argv}: no such Dockerfile target"
+    elif argv[1] == "run":
+        options = {argv[i]: argv[i + 1] for i in range(2, len(argv) - 1) if argv[i].startswith("-")}
+        image = next(w for i, w in enumerate(argv[2:], 2) if not w.startswith("-") and not argv[i - 1].startswith("-"))
+        assert image.startswith("claire-serve:") and image.split(":")[1] in stages, f"{image}: not an image built here"
+        mounts = [argv[i + 1].split(":")[1] for i in range(len(argv) - 1) if argv[i] == "-v"]
+        assert set(mounts) <= {"/srv/claire-run", "/cache"} and options, f"{argv}: mounts the images do not read"
+        composed("serve", tuple(argv[argv.index(image) + 1 :]))
+    else:
+        assert argv[1:3] == ["compose", "up"], f"{argv}: a docker command this test does not know"
+        import yaml
+
+        assert argv[3] in yaml.safe_load((ROOT / "compose.yaml").read_text())["services"], f"{argv[3]}: no service"
+
+
 @pytest.mark.parametrize(
     ("path", "line", "command", "shown"),
     ALL_COMMANDS,
@@ -299,6 +320,8 @@ def test_command(path, line, command, shown, tmp_path):
         check_python(launched(argv), shown, tmp_path)
     elif argv[:3] == ["pip", "install", "-e"]:
         check_extras(argv[3])
+    elif argv[0] == "docker":
+        check_docker(argv)
     else:
         raise AssertionError(f"{argv[0]}: this test does not know how to check it; teach it or use NOT_RUN")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[1] / "claire"
-COMMANDS = {"train", "evaluate", "generate", "report", "reproduce"}
-STAGES = {"training", "teacher", "causal", "evaluation", "reporting", "sweep"}
+COMMANDS = {"train", "evaluate", "generate", "report", "reproduce", "chat", "serve"}
+STAGES = {"training", "teacher", "causal", "evaluation", "reporting", "sweep", "serving"}
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,57 @@
+"""claire.serve: a Claire model behind an OpenAI-compatible API, its reasoning apart from its answer.
+
+python -m claire.serve run=experiments/<run_name>/<timestamp>       # http://127.0.0.1:8000/v1, model "claire"
+"""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from claire import ClaireError, configs, decoding, resolvers, run_folders
+
+resolvers.register()
+
+
+def check(cfg: DictConfig) -> None:
+    """One-line errors for a bad config, before any model loads; a run's own model settings replace model.*."""
+    decoding.check(cfg.decode)
+    if cfg.decode.name not in ("greedy", "budget"):
+        raise ClaireError(f"decode={cfg.decode.name} is not served; use greedy or budget (a vote is several requests)")
+    if not isinstance(cfg.port, int) or not 0 < cfg.port < 65536:
+        raise ClaireError(f"port={cfg.port} is not a TCP port; give one in 1-65535, e.g. 8000")
+    if not str(cfg.served_name or "").strip():
+        raise ClaireError("served_name= is empty; give the model name clients will send, e.g. served_name=claire")
+    if cfg.run:
+        cfg.model = run_folders.trained_model(Path(cfg.run), cfg.merged, cfg.model.trust_remote_code)
+    elif cfg.merged:
+        raise ClaireError("merged=true needs run=<a claire.train run folder>")
+
+
+def run(cfg: DictConfig) -> None:
+    """Check, build the served folder (once), then serve until stopped."""
+    check(cfg)
+    if cfg.threads:
+        os.environ["OMP_NUM_THREADS"] = str(cfg.threads)  # the model's process, spawned later, reads it
+    import uvicorn
+
+    from claire.serving import build_app, served_folder
+
+    served = served_folder(cfg.model, cfg.run, cfg.merged)
+    app = build_app(served, cfg)
+    print(f"claire.serve: model '{cfg.served_name}' at http://{cfg.host}:{cfg.port}/v1 (from {served})", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+
+
+@hydra.main(version_base="1.3", config_path=configs.CONFIG_DIR, config_name="serve")
+def main(cfg: DictConfig) -> None:
+    """Hydra entrypoint: `python -m claire.serve run=<run folder>`."""
+    try:
+        run(cfg)
+    except ClaireError as error:
+        raise SystemExit(f"claire.serve: error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
