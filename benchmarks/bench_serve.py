@@ -40,12 +40,13 @@ def free_port() -> int:
 def start(command: list[str], port: int, threads: int) -> subprocess.Popen:
     """A server process, once /health answers."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True, cwd=ROOT)  # fmt: skip
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives as long as the server; a pipe nobody reads would fill)
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     deadline = time.monotonic() + 300
     while True:
         if server.poll() is not None:
-            raise SystemExit(f"bench-serve: {command[2]} stopped: {server.stderr.read()[-2000:]}")
+            log.seek(0)
+            raise SystemExit(f"bench-serve: {command[2]} stopped: {log.read()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
                 return server
@@ -86,8 +87,10 @@ def folder_of(overrides: list[str], cache: Path) -> Path:
     """The folder claire.serve serves (built now, once), which the plain server is then pointed at."""
     from hydra import compose, initialize_config_dir
 
+    from claire import resolvers
     from claire.serving.folder import served_folder
 
+    resolvers.register()
     os.environ["CLAIRE_CACHE"] = str(cache)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return served_folder(compose("serve", overrides=overrides).model)
@@ -116,8 +119,8 @@ def main() -> None:
         ),  # fmt: skip
     }
     results: dict = {name: {level: [] for level in levels} for name in servers}
-    for _ in range(opts.rounds):
-        for name, (command, model) in servers.items():
+    for round_ in range(opts.rounds):
+        for name, (command, model) in list(servers.items())[:: 1 if round_ % 2 == 0 else -1]:  # alternating
             port = free_port()
             flags = [f"port={port}"] if name == "claire.serve" else ["--port", str(port)]
             server = start([*command, *flags], port, opts.threads)

@@ -1,12 +1,12 @@
 """Test-time scaling: causal-suite accuracy against tokens generated, for thinking budgets and vote counts, base and
 fine-tuned.
 
-Each setting is one `claire.evaluate` of the `claire_causal` task on the same first --items test items: greedy (the
-natural length), s1 budget forcing at each cap in --budgets (the minimum half the cap, one "Wait"), and
-self-consistency with each count in --votes (temperature 0.7). With --run both the run and its base model are
-scored with identical settings; without it, the model alone. It writes accuracy with a 95% interval (Wilson) and
-the mean tokens generated per item (every sample of a vote counted) as a table, JSON and a PNG of accuracy against
-tokens into --out.
+Each setting is one `claire.evaluate` of the `claire_causal` task on the same first --items test items, all with at
+most --max-new-tokens new tokens: greedy (the natural length), s1 budget forcing at each cap in --budgets (the
+minimum half the cap, one "Wait"), and self-consistency with each count in --votes (temperature 0.7). With --run
+both the run and its base model are scored with identical settings; without it, the model alone. It writes accuracy
+with a 95% interval (Wilson) and the mean tokens generated per item (every sample of a vote counted) as a table, JSON
+and a PNG of accuracy against tokens into --out.
     python benchmarks/bench_ttc.py --run experiments/<run> --data data/causal-n5000-s0 [--items 200]
         [--budgets 64,128,256] [--votes 4,8] [--max-new-tokens 512] [--threads 2] [--out DIR]
 """
@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,15 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def settings(opts: argparse.Namespace) -> dict[str, list[str]]:
     """Each setting's name and its claire.evaluate overrides."""
-    tokens = opts.max_new_tokens
-    found = {"greedy": ["decode=greedy", f"decode.max_new_tokens={tokens}"]}
+    length = [f"gen_kwargs.max_gen_toks={opts.max_new_tokens}"]  # the same generation length for every setting
+    found = {"greedy": ["decode=greedy", *length]}
     for cap in opts.budgets:
         found[f"budget {cap}"] = ["decode=budget", f"decode.max_thinking_tokens={cap}", "decode.max_waits=1",
-                                  f"decode.min_thinking_tokens={cap // 2}",
-                                  f"decode.max_new_tokens={max(tokens, cap + 64)}"]  # fmt: skip
+                                  f"decode.min_thinking_tokens={cap // 2}", *length]  # fmt: skip
     for count in opts.votes:
-        found[f"vote {count}"] = ["decode=vote", f"decode.samples={count}", "decode.temperature=0.7",
-                                  f"decode.max_new_tokens={tokens}"]  # fmt: skip
+        found[f"vote {count}"] = ["decode=vote", f"decode.samples={count}", "decode.temperature=0.7", *length]
     return found
 
 
@@ -120,6 +119,7 @@ def main() -> None:
     for name, overrides in settings(opts).items():
         folder = out / name.replace(" ", "-")
         if not (folder / "results.json").is_file():  # a rerun goes on where it stopped
+            shutil.rmtree(folder, ignore_errors=True)  # this benchmark's own unfinished setting
             evaluate(opts, overrides, folder)
         for model in ("base", "tuned") if opts.run else ("model",):
             table.setdefault(model, {})[name] = scored(folder / model, tokenizer)

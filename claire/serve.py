@@ -41,7 +41,17 @@ def run(cfg: DictConfig) -> None:
     served = served_folder(cfg.model, cfg.run, cfg.merged)
     app = build_app(served, cfg)
     print(f"claire.serve: model '{cfg.served_name}' at http://{cfg.host}:{cfg.port}/v1 (from {served})", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+
+    async def stop_if_the_model_died() -> None:  # as `transformers serve` does: a supervisor can then restart it
+        if app.state.served.is_dead:
+            server.should_exit = True
+
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                            callback_notify=stop_if_the_model_died, timeout_notify=5)  # fmt: skip
+    server = uvicorn.Server(config)
+    server.run()
+    if app.state.served.is_dead:
+        raise ClaireError("the model's process stopped (see the error above); the server stopped with it")
 
 
 @hydra.main(version_base="1.3", config_path=configs.CONFIG_DIR, config_name="serve")

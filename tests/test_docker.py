@@ -4,7 +4,6 @@ images' entrypoint must hand claire.serve the mounted run."""
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import yaml
 from conftest import ROOT
@@ -33,8 +32,7 @@ def test_the_entrypoint_serves_the_mounted_run_or_the_embedded_model(tmp_path):
     fake.mkdir()
     (fake / "python3").write_text('#!/bin/sh\necho "$@"\n')
     (fake / "python3").chmod(0o755)
-    run = tmp_path / "run"
-    run.mkdir()
+    run = tmp_path / "run"  # nothing mounted yet
     env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CLAIRE_RUN_DIR": str(run)}
 
     def argv() -> str:
@@ -43,7 +41,14 @@ def test_the_entrypoint_serves_the_mounted_run_or_the_embedded_model(tmp_path):
         return done.stdout.strip()
 
     assert argv() == "-m claire.serve host=0.0.0.0 port=8000 device=cpu decode=budget"  # nothing mounted
+    run.mkdir()
     (run / "config.yaml").write_text("model: {}\n")
     env["CLAIRE_DEVICE"] = "cuda"
     assert argv() == f"-m claire.serve host=0.0.0.0 port=8000 device=cuda run={run} decode=budget"
-    assert Path(ROOT / "claire" / "serve.py").is_file()
+    (run / "config.yaml").unlink()  # a folder mounted that is not a run (e.g. the run's parent) is refused
+    done = subprocess.run([ROOT / "docker" / "serve.sh"], env=env, capture_output=True, text=True)
+    assert (
+        done.returncode == 2
+        and done.stderr
+        == f"claire-serve: error: {run} has no config.yaml; mount a run folder (experiments/<run_name>/<time>) there\n"
+    )

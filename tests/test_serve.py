@@ -184,6 +184,12 @@ def test_a_runs_adapter_is_merged_once_into_the_cache_and_the_run_is_untouched(t
         ({"temprature": 0.5}, r"decode.temprature is not a decode setting; known: .*temperature"),
         ([256], r"decode must be an object of decode settings"),
         ({"min_thinking_tokens": 300, "max_thinking_tokens": 100}, r"min_thinking_tokens=300 is above"),
+        (
+            {"wait": "${oc.env:HOME}"},
+            r"decode.wait=\"\$\{oc.env:HOME\}\" is not a plain number or text",
+        ),  # no resolving
+        ({"name": ["budget"]}, r"decode.name=\[\"budget\"\] is not a plain number or text"),
+        ({"temperature": "hot"}, r"decode.temperature=\"hot\" must be a number"),
     ],
 )
 def test_a_request_decode_that_cannot_work_is_named(asked, message):
@@ -191,6 +197,32 @@ def test_a_request_decode_that_cannot_work_is_named(asked, message):
 
     with pytest.raises(ClaireError, match=message):
         request_decode(compose_serve().decode, asked)
+
+
+def test_greedy_means_greedy_and_a_temperature_samples_whatever_the_models_generation_config_says():
+    from transformers import GenerationConfig
+    from transformers.cli.serving.utils import GenerationState
+
+    from claire.serving.server import ClaireChatHandler
+
+    handler = ClaireChatHandler(model_manager=None, generation_state=GenerationState(), decode=compose_serve().decode,
+                                markers="native")  # fmt: skip
+    sampling, greedy = GenerationConfig(do_sample=True, temperature=0.7), GenerationConfig(do_sample=False)
+    assert handler._build_generation_kwargs({}, sampling)["do_sample"] is False  # Qwen's config samples by default
+    asked = handler._build_generation_kwargs({"temperature": 0.9}, greedy)
+    assert asked["do_sample"] is True and asked["temperature"] == 0.9
+    decoded = handler._build_generation_kwargs({"decode": {"temperature": 2, "top_p": 0.5}}, greedy)
+    assert (decoded["do_sample"], decoded["temperature"], decoded["top_p"]) == (True, 2.0, 0.5)
+    assert handler._build_generation_kwargs({}, greedy)["max_new_tokens"] == compose_serve().decode.max_new_tokens
+
+
+def test_a_hub_model_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch):
+    from claire.serving.folder import served_folder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ClaireError, match=r"^could not load model.id=Qwen/Qwen2.5-0.5B-Instruct \(.*hf download"):
+        served_folder(compose_serve("model=0.5b").model)
 
 
 def test_a_request_asking_for_a_cap_alone_gets_a_budget_with_its_minimum_lowered_to_fit():
@@ -256,7 +288,6 @@ def test_streaming_sends_the_same_reasoning_and_answer(client):
             content.append(chunk.choices[0].delta.content or "")
     assert "".join(content).strip() == ANSWER
     assert "".join(reasoning).strip() == "I draw the graph.\n<|im_start|>causality\nW -> A\nA -> C"
-    assert len([piece for piece in reasoning if piece]) > 1  # token by token, not one block
 
 
 def test_concurrent_requests_all_get_their_answer(client):
@@ -294,6 +325,10 @@ def test_bad_requests_get_a_4xx_that_says_why_and_the_server_keeps_serving(serve
         ask(client, extra_body={"decode": {"max_thinking_tokens": -1}})
     with pytest.raises(openai.UnprocessableEntityError, match="leaves no room to answer within max_tokens=64"):
         ask(client, extra_body={"decode": {"max_thinking_tokens": 60}})
+    with pytest.raises(openai.UnprocessableEntityError, match="messages must be a non-empty list"):
+        client.chat.completions.create(model="claire", messages=[])
+    with pytest.raises(openai.NotFoundError):  # the routes that would bypass Claire's handling are not served
+        client.completions.create(model="claire", prompt="x", max_tokens=2)
     assert ask(client).choices[0].message.content == ANSWER
     assert [model.id for model in client.models.list()] == ["claire"]
 

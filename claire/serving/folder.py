@@ -38,19 +38,37 @@ def generation_prompt(tokenizer: Any) -> str:
     return opened[len(closed) :] if opened.startswith(closed) else opened[opened.rindex("x") + 1 :].lstrip()
 
 
+TEMPLATE_VERSION = 1  # part of the cache key: a change to response_template() rebuilds the folders
+
+
+def local_model(model: DictConfig) -> Path:
+    """The base model as a local folder: its own folder, the embedded model's conversion, or the hub's download."""
+    path = Path(models.model_path(model))
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        files = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"]  # not a repo's other checkpoints
+        return Path(snapshot_download(str(model.id), revision=model.revision, allow_patterns=files))
+    except Exception as error:  # offline, unknown id, gated: one line, before anything loads
+        raise models.hub_error(model, error) from error
+
+
 def source_folders(model: DictConfig, run: str | None, merged: bool) -> list[Path]:
     """The folders the served model is made from: a whole model alone, or a run's adapter and its base model."""
     if not run:
-        return [Path(models.model_path(model))]
+        return [local_model(model)]
     whole = Path(run) / ("merged" if merged else "adapter")
     if merged or (whole / "config.json").is_file():  # merge=true's merged/, or lora=none's full fine-tune
         return [whole]
-    return [whole, Path(models.model_path(model))]
+    return [whole, local_model(model)]
 
 
-def fingerprint(folders: list[Path]) -> str:
-    """A key that changes when any file of these folders does (path, size, modification time; no weights read)."""
-    digest = hashlib.sha256()
+def fingerprint(folders: list[Path], model: DictConfig) -> str:
+    """A key that changes when any file of these folders does (path, size, modification time; no weights read), or
+    what the response template is made from."""
+    digest = hashlib.sha256(f"{TEMPLATE_VERSION}:{model.markers}:{model.end_token}:{model.dtype}\n".encode())
     for folder in folders:
         for path in sorted(p for p in folder.resolve().rglob("*") if p.is_file()):
             stat = path.stat()
@@ -63,7 +81,7 @@ def served_folder(model: DictConfig, run: str | None = None, merged: bool = Fals
     an adapter merged otherwise); nothing is written into the run folder or the model's own folder."""
     sources = source_folders(model, run, merged)
     name = "-".join(Path(run).resolve().parts[-2:]) if run else model.name
-    target = cache_root() / "serve" / f"{name}-{fingerprint(sources)}"
+    target = cache_root() / "serve" / f"{name}-{fingerprint(sources, model)}"
     if (target / "tokenizer_config.json").is_file():
         return target
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")

@@ -1,12 +1,14 @@
 """claire.serve's server: `transformers serve`'s OpenAI-compatible app on one Claire model folder, under the name
 clients ask for, with a request's `decode` (the decode group's keys: a thinking budget) applied to its generation."""
 
+import functools
+import json
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from omegaconf import DictConfig, OmegaConf
+from starlette.exceptions import HTTPException
 from transformers.cli.serving.chat_completion import ChatCompletionHandler, TransformersCompletionCreateParamsStreaming
 from transformers.cli.serving.completion import CompletionHandler
 from transformers.cli.serving.model_manager import ModelLoader, ModelManager
@@ -14,7 +16,7 @@ from transformers.cli.serving.response import ResponseHandler
 from transformers.cli.serving.server import build_server
 from transformers.cli.serving.systemone import SystemOneHandler
 from transformers.cli.serving.transcription import TranscriptionHandler
-from transformers.cli.serving.utils import GenerationState, ModelNotServedError
+from transformers.cli.serving.utils import EngineDeadError, GenerationState, ModelNotServedError
 
 from claire import ClaireError, configs, decoding
 
@@ -27,37 +29,40 @@ class ClaireCompletionParams(TransformersCompletionCreateParamsStreaming, total=
     decode: dict
 
 
-def decode_options() -> dict[str, DictConfig]:
+@functools.cache
+def decode_options() -> dict[str, dict]:
     """Each served decode group option as its own keys (its `defaults:` left out: a request's decode merges over the
-    server's)."""
+    server's), read once."""
     folder = Path(configs.CONFIG_DIR) / "decode"
-    options = {name: OmegaConf.load(folder / f"{name}.yaml") for name in SERVED_DECODES}
-    for option in options.values():
-        option.pop("defaults", None)
-    return options
+    options = {name: OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml")) for name in SERVED_DECODES}
+    return {name: {k: v for k, v in option.items() if k != "defaults"} for name, option in options.items()}
 
 
 def request_decode(server: DictConfig, asked: Any) -> DictConfig:
     """The decoding one request gets: the server's, with the request's `decode` keys over it (budget keys alone ask
     for a budget); a ClaireError names a setting that cannot work."""
+    example = '{"name": "budget", "max_thinking_tokens": 256}'
     if not isinstance(asked, dict):
-        example = '{"name": "budget", "max_thinking_tokens": 256}'
         raise ClaireError(f"decode must be an object of decode settings, e.g. {example}")
-    options = decode_options()
+    for key, value in asked.items():  # plain values only: a config string like ${oc.env:...} would be resolved
+        if not isinstance(value, int | float | str | None) or "${" in str(value):
+            raise ClaireError(f"decode.{key}={json.dumps(value)} is not a plain number or text; e.g. {example}")
+        if key in ("temperature", "top_p") and not isinstance(value, int | float | None):
+            raise ClaireError(f"decode.{key}={json.dumps(value)} must be a number (or null)")
     thinking = {"min_thinking_tokens", "max_thinking_tokens", "max_waits", "wait"}
     name = asked.get("name") or ("budget" if thinking & asked.keys() else server.name)
-    if name not in options:
+    if name not in SERVED_DECODES:
         raise ClaireError(f"decode.name={name} is not served; choose one of {', '.join(SERVED_DECODES)} (vote: send "
                           "several sampled requests and take the majority)")  # fmt: skip
-    own = OmegaConf.create(OmegaConf.to_container(server, resolve=True))  # not the server's struct config
-    decode = OmegaConf.merge(own, options[name] if name != server.name else {}, {"name": name})
+    decode = OmegaConf.to_container(server, resolve=True) | (decode_options()[name] if name != server.name else {})
     unknown = sorted(set(asked) - set(decode))
     if unknown:
         raise ClaireError(f"decode.{unknown[0]} is not a decode setting; known: {', '.join(sorted(decode))}")
-    decode = OmegaConf.merge(decode, asked)
+    decode |= asked | {"name": name}
     cap = asked.get("max_thinking_tokens")
-    if isinstance(cap, int) and cap > 0 and "min_thinking_tokens" not in asked and decode.get("min_thinking_tokens"):
-        decode.min_thinking_tokens = min(decode.min_thinking_tokens, cap)  # a cap alone lowers the minimum to fit
+    if type(cap) is int and cap > 0 and "min_thinking_tokens" not in asked and decode.get("min_thinking_tokens"):
+        decode["min_thinking_tokens"] = min(decode["min_thinking_tokens"], cap)  # a cap alone lowers the minimum
+    decode = OmegaConf.create(decode)
     decoding.check(decode)
     return decode
 
@@ -71,20 +76,35 @@ class ClaireChatHandler(ChatCompletionHandler):
         super().__init__(*args, **kwargs)
         self.decode, self.markers = decode, markers
 
+    async def handle_request(self, body: dict, request_id: str) -> Any:
+        """transformers' handling, after checking the messages are a list of {role, content} objects."""
+        messages = body.get("messages")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in messages)
+        ):
+            raise HTTPException(422, 'messages must be a non-empty list of {"role": ..., "content": ...} objects')
+        return await super().handle_request(body, request_id)
+
     def _build_generation_kwargs(self, body: dict, model_generation_config: Any) -> dict:
-        """transformers' generation settings, then the decode's: its length and temperature unless the request gives
-        them, and budget forcing."""
+        """transformers' generation settings, then the decode's: its length, greedy or its temperature and top_p
+        unless the request gives them (whatever the model's generation config says), and budget forcing."""
         kwargs = super()._build_generation_kwargs(body, model_generation_config)
         try:
-            decode = request_decode(self.decode, body.get("decode") or {})
+            decode = request_decode(self.decode, body["decode"]) if body.get("decode") is not None else self.decode
             if body.get("max_completion_tokens") is None and body.get("max_tokens") is None and decode.max_new_tokens:
                 kwargs["max_new_tokens"] = decode.max_new_tokens
             if decode.name == "budget":
                 decoding.check_room(decode.max_thinking_tokens, kwargs["max_new_tokens"], "max_tokens")
         except ClaireError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
-        if body.get("temperature") is None and decode.temperature:
-            kwargs |= {"do_sample": True, "temperature": decode.temperature}
+        temperature = body.get("temperature") if body.get("temperature") is not None else decode.temperature
+        kwargs["do_sample"] = bool(temperature and float(temperature) > 0)
+        if kwargs["do_sample"]:
+            kwargs["temperature"] = float(temperature)
+            if body.get("top_p") is None and decode.get("top_p") is not None:
+                kwargs["top_p"] = float(decode.top_p)
         if decode.name == "budget":
             tokenizer = self.model_manager.get_engine(body.get("model")).processor
             kwargs["logits_processor"] = decoding.generate_kwargs(
@@ -119,8 +139,12 @@ class ServedModel(ModelManager):
         return [{"id": self.name, "object": "model", "created": 0, "owned_by": "claire"}]
 
 
+SERVED_ROUTES = ("/v1/chat/completions", "/v1/models", "/health")  # the others would bypass Claire's handling
+
+
 def build_app(folder: Path, cfg: DictConfig) -> Any:
-    """transformers serve's FastAPI app on the model folder, with Claire's chat handler (loads the model)."""
+    """transformers serve's FastAPI app on the model folder, with Claire's chat handler and only the routes above
+    (starts the model's process); app.state.served is the model, for a caller that watches it."""
     loader = ModelLoader(device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.model.trust_remote_code)
     state = GenerationState(seed=cfg.seed, max_model_len=cfg.max_model_len)
     served = ServedModel(cfg.served_name, folder, loader, state)
@@ -133,8 +157,11 @@ def build_app(folder: Path, cfg: DictConfig) -> Any:
         transcription_handler=TranscriptionHandler(served),
         systemone_handler=SystemOneHandler(**common),
     )
-    for error in (HTTPException, RequestValidationError, ValueError):
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", "").startswith(("/docs", "/openapi"))
+                         or getattr(r, "path", "") in SERVED_ROUTES]  # fmt: skip
+    for error in (HTTPException, RequestValidationError, ValueError, EngineDeadError):
         app.add_exception_handler(error, openai_error)
+    app.state.served = served
     return app
 
 
@@ -145,7 +172,9 @@ async def openai_error(_request: Any, error: Exception) -> Any:
     if isinstance(error, RequestValidationError):  # FastAPI's: the body is not JSON, or not an object
         first = error.errors()[0]
         status, message = 422, f"the request body is not a JSON object: {first['msg']} ({first.get('ctx', {})})"
+    elif isinstance(error, EngineDeadError):
+        status, message = 503, f"the model's process stopped ({error}); the server is stopping"
     else:
         status, message = getattr(error, "status_code", 400), str(getattr(error, "detail", error))
-    body = {"message": message, "type": "invalid_request_error", "code": status}
-    return JSONResponse({"error": body}, status_code=status)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
