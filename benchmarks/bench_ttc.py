@@ -3,12 +3,14 @@ fine-tuned.
 
 Each setting is one `claire.evaluate` of the `claire_causal` task on the same first --items test items, all with at
 most --max-new-tokens new tokens: greedy (the natural length), s1 budget forcing at each cap in --budgets (the
-minimum half the cap, one "Wait"), and self-consistency with each count in --votes (temperature 0.7). With --run
-both the run and its base model are scored with identical settings; without it, the model alone. It writes accuracy
-with a 95% interval (Wilson) and the mean tokens generated per item (every sample of a vote counted) as a table, JSON
-and a PNG of accuracy against tokens into --out.
+minimum half the cap, one "Wait"), and self-consistency (temperature 0.7) sampled once at the largest count in
+--votes; each smaller count is read from the first k of those samples (lm-eval's take_first_k idea), voted by the
+same filter and scored by the task's own scorer, and the largest count so read must reproduce lm-eval's score. With
+--run both the run and its base model are scored with identical settings; without it, the model alone. It writes
+accuracy with a 95% interval (Wilson) and the mean tokens generated per item (every sample of a vote counted) as a
+table, JSON and a PNG of accuracy against tokens into --out.
     python benchmarks/bench_ttc.py --run experiments/<run> --data data/causal-n5000-s0 [--items 200]
-        [--budgets 64,128,256] [--votes 4,8] [--max-new-tokens 512] [--threads 2] [--out DIR]
+        [--budgets 64,128,256] [--votes 1,2,4,8] [--max-new-tokens 512] [--threads 2] [--out DIR]
 """
 
 import argparse
@@ -32,8 +34,9 @@ def settings(opts: argparse.Namespace) -> dict[str, list[str]]:
     for cap in opts.budgets:
         found[f"budget {cap}"] = ["decode=budget", f"decode.max_thinking_tokens={cap}", "decode.max_waits=1",
                                   f"decode.min_thinking_tokens={cap // 2}", *length]  # fmt: skip
-    for count in opts.votes:
-        found[f"vote {count}"] = ["decode=vote", f"decode.samples={count}", "decode.temperature=0.7", *length]
+    if opts.votes:  # one sampled run; the smaller counts are read from its first samples (votes())
+        most = max(opts.votes)
+        found[f"vote {most}"] = ["decode=vote", f"decode.samples={most}", "decode.temperature=0.7", *length]
     return found
 
 
@@ -58,16 +61,44 @@ def wilson(correct: int, n: int) -> tuple[float, float]:
     return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
 
 
-def scored(folder: Path, tokenizer: Any) -> dict:
-    """Accuracy, its interval and mean generated tokens of one model's sample log."""
+def point(right: list[float], outputs: list[str], tokenizer: Any) -> dict:
+    """Accuracy, its Wilson interval and mean generated tokens per item of one setting."""
+    tokens = sum(len(tokenizer(text or "", add_special_tokens=False)["input_ids"]) for text in outputs)
+    n, correct = len(right), sum(right)
+    return {"n": n, "accuracy": correct / n, "ci": wilson(round(correct), n), "tokens": tokens / n}
+
+
+def rows_of(folder: Path) -> list[dict]:
+    """One model's lm-eval sample log, one row per item."""
     from claire import stats
 
-    rows = stats.read_samples(folder / "samples_claire_causal.jsonl").values()
-    correct = sum(float(row["acc"]) for row in rows)
-    outputs = [text for row in rows for text in row["resps"][0]]
-    tokens = sum(len(tokenizer(text or "", add_special_tokens=False)["input_ids"]) for text in outputs)
-    n = len(rows)
-    return {"n": n, "accuracy": correct / n, "ci": wilson(round(correct), n), "tokens": tokens / n}
+    return list(stats.read_samples(folder / "samples_claire_causal.jsonl").values())
+
+
+def scored(folder: Path, tokenizer: Any) -> dict:
+    """A one-completion setting (greedy, a budget) as lm-eval scored it."""
+    rows = rows_of(folder)
+    return point([float(row["acc"]) for row in rows], [text for row in rows for text in row["resps"][0]], tokenizer)
+
+
+def votes(folder: Path, counts: list[int], tokenizer: Any) -> dict[str, dict]:
+    """Each vote count read from the first k samples of one sampled run: voted by the task's filter, scored by its
+    scorer; the run's own count must give lm-eval's recorded score."""
+    from claire.evaluation.tasks.causal.utils import process_results
+    from claire.evaluation.tasks.filters import CausalVote
+
+    rows, found = rows_of(folder), {}
+    for k in sorted(counts):
+        firsts = [row["resps"][0][:k] for row in rows]
+        chosen = CausalVote().apply(firsts, [row["doc"] for row in rows])
+        right = [process_results(row["doc"], [text])["acc"] for row, text in zip(rows, chosen, strict=True)]
+        found[f"vote {k}"] = point(right, [text for first in firsts for text in first], tokenizer)
+    most = max(counts)
+    recorded = sum(float(row["acc"]) for row in rows) / len(rows)
+    if abs(found[f"vote {most}"]["accuracy"] - recorded) > 1e-9:
+        read = found[f"vote {most}"]["accuracy"]
+        raise SystemExit(f"bench-ttc: vote {most} read from the samples gives {read}, lm-eval recorded {recorded}")
+    return found
 
 
 def plot(table: dict, path: Path) -> None:
@@ -101,7 +132,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="the causal suite's dataset folder (default: the packaged sample)")
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--budgets", default="64,128,256")
-    parser.add_argument("--votes", default="4,8")
+    parser.add_argument("--votes", default="1,2,4,8")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="where the table, JSON and PNG go (default: a temp dir)")
@@ -122,7 +153,11 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)  # this benchmark's own unfinished setting
             evaluate(opts, overrides, folder)
         for model in ("base", "tuned") if opts.run else ("model",):
-            table.setdefault(model, {})[name] = scored(folder / model, tokenizer)
+            points = table.setdefault(model, {})
+            if name.startswith("vote"):
+                points.update(votes(folder / model, opts.votes, tokenizer))
+            else:
+                points[name] = scored(folder / model, tokenizer)
     print(f"bench-ttc: claire_causal, {opts.items} items, max {opts.max_new_tokens} new tokens; results in {out}")
     print("| model | setting | accuracy [95% CI] | tokens/item |")
     print("|---|---|---|---|")

@@ -134,15 +134,16 @@ def test_bench_serve(tiny_model_dir, tmp_path):
 @pytest.mark.slow  # ~30 s: two claire.evaluate commands, each indexing lm-eval's tasks
 @needs_make
 def test_bench_ttc(tiny_model_dir, tmp_path):
-    args = ["--model", str(tiny_model_dir), "--items", "2", "--budgets", "", "--votes", "2", "--max-new-tokens", "24"]
+    args = ["--model", str(tiny_model_dir), "--items", "2", "--budgets", "", "--votes", "1,2", "--max-new-tokens", "24"]
     out = make_bench("ttc", [*args, "--threads", "1", "--out", str(tmp_path / "ttc")], tmp_path)
-    for setting in ("greedy", "vote 2"):
+    for setting in ("greedy", "vote 1", "vote 2"):
         accuracy, low, high, tokens = figures(
             rf"^\| model \| {setting} \| ([\d.]+) \[([\d.]+), ([\d.]+)\] \| (\d+) \|$", out
         )
         assert 0 <= low <= accuracy <= high <= 1 and tokens > 0
     table = json.loads((tmp_path / "ttc" / "ttc.json").read_text())
-    assert table["model"]["vote 2"]["tokens"] > table["model"]["greedy"]["tokens"]  # both samples of a vote count
+    assert table["model"]["vote 2"]["tokens"] > table["model"]["vote 1"]["tokens"]  # both samples of a vote count
+    assert not (tmp_path / "ttc" / "vote-1").exists()  # vote 1 is read from the first sample of vote 2's run
     assert (tmp_path / "ttc" / "ttc.png").stat().st_size > 1000
 
 
