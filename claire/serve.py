@@ -23,6 +23,15 @@ def check(cfg: DictConfig) -> None:
         raise ClaireError(f"port={cfg.port} is not a TCP port; give one in 1-65535, e.g. 8000")
     if not str(cfg.served_name or "").strip():
         raise ClaireError("served_name= is empty; give the model name clients will send, e.g. served_name=claire")
+    if cfg.engine not in ("transformers", "vllm"):
+        raise ClaireError(f"engine={cfg.engine} is not a serving engine; choose transformers (CPU) or vllm (a GPU)")
+    if cfg.engine == "vllm":
+        if cfg.decode.name != "greedy":
+            raise ClaireError(f"decode={cfg.decode.name} is served by engine=transformers only (vLLM has no 'Wait'); "
+                              "use decode=greedy with engine=vllm")  # fmt: skip
+        from claire.serving.vllm import vllm_executable
+
+        vllm_executable(cfg.vllm)
     if cfg.run:
         cfg.model = run_folders.trained_model(Path(cfg.run), cfg.merged, cfg.model.trust_remote_code)
     elif cfg.merged:
@@ -36,9 +45,13 @@ def run(cfg: DictConfig) -> None:
         os.environ["OMP_NUM_THREADS"] = str(cfg.threads)  # the model's process, spawned later, reads it
     import uvicorn
 
-    from claire.serving import build_app, served_folder
+    from claire.serving import build_app, served_folder, vllm_command
 
     served = served_folder(cfg.model, cfg.run, cfg.merged)
+    if cfg.engine == "vllm":
+        command = vllm_command(served, cfg)
+        print(f"claire.serve: {' '.join(command)}", flush=True)
+        os.execv(command[0], command)  # vLLM's server in this process's place, so that signals reach it
     app = build_app(served, cfg)
     print(f"claire.serve: model '{cfg.served_name}' at http://{cfg.host}:{cfg.port}/v1 (from {served})", flush=True)
 

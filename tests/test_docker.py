@@ -40,11 +40,11 @@ def test_the_entrypoint_serves_the_mounted_run_or_the_embedded_model(tmp_path):
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
-    assert argv() == "-m claire.serve host=0.0.0.0 port=8000 device=cpu decode=budget"  # nothing mounted
+    assert argv() == "-m claire.serve host=0.0.0.0 port=8000 engine=transformers device=cpu decode=budget"  # no run
     run.mkdir()
     (run / "config.yaml").write_text("model: {}\n")
-    env["CLAIRE_DEVICE"] = "cuda"
-    assert argv() == f"-m claire.serve host=0.0.0.0 port=8000 device=cuda run={run} decode=budget"
+    env |= {"CLAIRE_DEVICE": "cuda", "CLAIRE_ENGINE": "vllm"}
+    assert argv() == f"-m claire.serve host=0.0.0.0 port=8000 engine=vllm device=cuda run={run} decode=budget"
     (run / "config.yaml").unlink()  # a folder mounted that is not a run (e.g. the run's parent) is refused
     done = subprocess.run([ROOT / "docker" / "serve.sh"], env=env, capture_output=True, text=True)
     assert (

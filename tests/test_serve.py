@@ -140,10 +140,36 @@ def test_a_whole_model_is_linked_not_copied_and_its_tokenizer_splits_claire_trac
     generated = tokenizer.encode(TRACE + ANSWER + "<|im_end|>", add_special_tokens=False)
     parsed = tokenizer.parse_response(generated, tokenizer.response_template, prefix=prompt)
     assert parsed["content"] == ANSWER
-    assert (
-        parsed["reasoning_content"].strip()
-        == TRACE.removeprefix("<|im_start|>think").split("<|im_start|>answer")[0].strip()
-    )
+    assert parsed["thinking"].strip() == TRACE.removeprefix("<|im_start|>think").split("<|im_start|>answer")[0].strip()
+
+
+def test_vllms_hf_reasoning_parser_splits_the_served_folders_traces(tiny_model_dir, tmp_path, monkeypatch):
+    """engine=vllm serves this folder with `--reasoning-parser hf`; where vLLM is installed, its parser must take the
+    folder's response template and split a Claire trace, whole and streamed."""
+    vllm_parser = pytest.importorskip("vllm.parser.response_template", reason="vLLM is not installed")
+    from transformers import AutoTokenizer
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from claire.serving.folder import served_folder
+
+    monkeypatch.setenv("CLAIRE_CACHE", str(tmp_path))
+    tokenizer = AutoTokenizer.from_pretrained(served_folder(compose_serve(*tiny(tiny_model_dir)).model))
+    vllm_parser.validate_tokenizer_response_template(tokenizer, reasoning_parser="hf", tool_parser=None)
+    prompt = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=False)
+    output = TRACE + ANSWER + "<|im_end|>"
+    reasoning = TRACE.removeprefix("<|im_start|>think").split("<|im_start|>answer")[0].strip()
+    request = ChatCompletionRequest(model="claire", messages=CHAT)
+    whole = vllm_parser.ResponseTemplateParser(tokenizer)
+    whole.set_prompt_token_ids(prompt)
+    thought, content, _ = whole.parse(output, request)
+    assert (thought.strip(), content) == (reasoning, ANSWER)
+    streamed, parts = vllm_parser.ResponseTemplateParser(tokenizer), {"reasoning": "", "content": ""}
+    pieces = [output[i : i + 5] for i in range(0, len(output), 5)]
+    for number, piece in enumerate(pieces, 1):
+        delta = streamed.parse_delta(piece, [], request, prompt, finished=number == len(pieces))
+        for field in parts:
+            parts[field] += (getattr(delta, field, None) or "") if delta else ""
+    assert (parts["reasoning"].strip(), parts["content"]) == (reasoning, ANSWER)
 
 
 def test_a_runs_adapter_is_merged_once_into_the_cache_and_the_run_is_untouched(tiny_model_dir, tmp_path, monkeypatch):
@@ -254,6 +280,9 @@ def test_a_request_asking_for_a_cap_alone_gets_a_budget_with_its_minimum_lowered
         (["merged=true"], "merged=true needs run="),
         (["run=/nonexistent/run"], "run=/nonexistent/run is not a claire.train run folder"),
         (["decode=budget", "decode.max_thinking_tokens=700"], "leaves no room to answer within decode.max_new_tokens"),
+        (["engine=tgi"], "engine=tgi is not a serving engine; choose transformers"),
+        (["engine=vllm", "decode=budget"], "decode=budget is served by engine=transformers only"),
+        (["engine=vllm", "vllm=/nonexistent/bin/vllm"], "engine=vllm: no `/nonexistent/bin/vllm` command found"),
     ],
 )
 def test_a_bad_config_is_refused_before_any_model_loads(overrides, message):
@@ -261,6 +290,24 @@ def test_a_bad_config_is_refused_before_any_model_loads(overrides, message):
 
     with pytest.raises(ClaireError, match=message):
         check(compose_serve(*overrides))
+
+
+def test_engine_vllm_hands_the_served_folder_to_vllm_serve(tiny_model_dir, tmp_path):
+    vllm = tmp_path / "bin" / "vllm"  # stands in for vLLM's CLI (no GPU here): it writes down what it was given
+    vllm.parent.mkdir()
+    vllm.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "argv"}\n')
+    vllm.chmod(0o755)
+    overrides = [*tiny(tiny_model_dir), "engine=vllm", f"vllm={vllm}", "port=8123", "max_model_len=2048"]
+    env = {**os.environ, "CLAIRE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "claire.serve", *overrides], capture_output=True, text=True,
+                          cwd=ROOT, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    argv = (tmp_path / "argv").read_text().splitlines()
+    (folder,) = (tmp_path / "cache" / "serve").iterdir()
+    assert argv == ["serve", str(folder), "--served-model-name", "claire", "--host", "127.0.0.1", "--port", "8123",
+                    "--dtype", "auto", "--reasoning-parser", "hf", "--override-generation-config",
+                    '{"temperature": 0.0}', "--max-model-len", "2048"]  # fmt: skip
+    assert "thinking" in json.loads((folder / "tokenizer_config.json").read_text())["response_template"]["fields"]
 
 
 def test_the_cli_error_is_one_line():

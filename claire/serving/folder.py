@@ -1,6 +1,6 @@
 """The folder claire.serve hands to the server: one whole model (an adapter merged into its base model once, into a
 cache) whose tokenizer carries a response template, so that the server returns Claire's thinking and causality block
-as `reasoning_content` and the answer alone as `content`."""
+as the reasoning (`reasoning_content`; vLLM's `reasoning`) and the answer alone as `content`."""
 
 import hashlib
 import os
@@ -18,13 +18,19 @@ from claire.traces import NATIVE_MARKERS
 
 def response_template(tokenizer: Any, markers: str, end_token: str) -> dict:
     """transformers' response template for a Claire model: reasoning from the thinking marker to the end-of-thinking
-    marker, the answer up to the end of the turn; anchored where the chat template starts the assistant's turn."""
+    marker, the answer up to the end of the turn; anchored where the chat template starts the assistant's turn. The
+    reasoning field is named `thinking`: transformers serve reads it as reasoning_content, and vLLM's `hf` reasoning
+    parser accepts no other name."""
     thinking = "<think>" if markers == "special" else NATIVE_MARKERS["think"]
     return {
         "defaults": {"role": "assistant"},
         "start_anchor": generation_prompt(tokenizer),
         "fields": {
-            "reasoning_content": {"open": thinking, "close": decoding.end_of_thinking(markers), "content": "text"},
+            "thinking": {
+                "open": thinking,
+                "close_pattern": rf"{re.escape(decoding.end_of_thinking(markers))}\s*",
+                "content": "text",
+            },
             "content": {"close_pattern": rf"\s*{re.escape(end_token)}", "content": "text"},
         },
     }
@@ -38,7 +44,7 @@ def generation_prompt(tokenizer: Any) -> str:
     return opened[len(closed) :] if opened.startswith(closed) else opened[opened.rindex("x") + 1 :].lstrip()
 
 
-TEMPLATE_VERSION = 1  # part of the cache key: a change to response_template() rebuilds the folders
+TEMPLATE_VERSION = 2  # part of the cache key: a change to response_template() rebuilds the folders
 
 
 def local_model(model: DictConfig) -> Path:
