@@ -21,11 +21,11 @@ EXPOSE 8000
 ENTRYPOINT ["claire-serve"]
 CMD []
 
-# vLLM's OpenAI server image brings CUDA, torch and vLLM. Claire goes into an environment of its own over the image's
+# vLLM's OpenAI server image brings CUDA, torch and vLLM (0.34: its `hf` reasoning parser reads Claire's template). Claire goes into an environment of its own over the image's
 # packages (its newer transformers would break vLLM's pin); claire.serve builds the served folder there and hands it
 # to the image's `vllm serve` (engine=vllm). -e CLAIRE_ENGINE=transformers serves with claire.serve's own server on
 # CUDA instead (per-request thinking budgets).
-FROM vllm/vllm-openai:latest AS gpu
+FROM vllm/vllm-openai:v0.34.0 AS gpu
 WORKDIR /opt/claire
 ENV PIP_NO_CACHE_DIR=1 CLAIRE_CACHE=/cache HF_HOME=/cache/hf PYTHONUNBUFFERED=1 CLAIRE_DEVICE=cuda CLAIRE_ENGINE=vllm
 COPY pyproject.toml setup.py MANIFEST.in README.md ./

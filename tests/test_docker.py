@@ -33,7 +33,8 @@ def test_the_entrypoint_serves_the_mounted_run_or_the_embedded_model(tmp_path):
     (fake / "python3").write_text('#!/bin/sh\necho "$@"\n')
     (fake / "python3").chmod(0o755)
     run = tmp_path / "run"  # nothing mounted yet
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CLAIRE_RUN_DIR": str(run)}
+    env = {k: v for k, v in os.environ.items() if k not in ("CLAIRE_ENGINE", "CLAIRE_DEVICE")}  # the images' own
+    env |= {"PATH": f"{fake}:{os.environ['PATH']}", "CLAIRE_RUN_DIR": str(run)}
 
     def argv() -> str:
         done = subprocess.run([ROOT / "docker" / "serve.sh", "decode=budget"], env=env, capture_output=True, text=True)

@@ -155,6 +155,10 @@ def test_vllms_hf_reasoning_parser_splits_the_served_folders_traces(tiny_model_d
     monkeypatch.setenv("CLAIRE_CACHE", str(tmp_path))
     tokenizer = AutoTokenizer.from_pretrained(served_folder(compose_serve(*tiny(tiny_model_dir)).model))
     vllm_parser.validate_tokenizer_response_template(tokenizer, reasoning_parser="hf", tool_parser=None)
+    ends = vllm_parser.ResponseTemplateReasoningParser(tokenizer)._reasoning_end_ids  # a thinking cap needs them
+    assert ends == [
+        tokenizer.encode(end, add_special_tokens=False) for end in ("<|im_start|>answer\n", "<|im_start|>answer")
+    ]
     prompt = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=False)
     output = TRACE + ANSWER + "<|im_end|>"
     reasoning = TRACE.removeprefix("<|im_start|>think").split("<|im_start|>answer")[0].strip()
@@ -306,7 +310,7 @@ def test_engine_vllm_hands_the_served_folder_to_vllm_serve(tiny_model_dir, tmp_p
     (folder,) = (tmp_path / "cache" / "serve").iterdir()
     assert argv == ["serve", str(folder), "--served-model-name", "claire", "--host", "127.0.0.1", "--port", "8123",
                     "--dtype", "auto", "--reasoning-parser", "hf", "--override-generation-config",
-                    '{"temperature": 0.0}', "--max-model-len", "2048"]  # fmt: skip
+                    '{"temperature": 0.0, "max_new_tokens": 768}', "--max-model-len", "2048"]  # fmt: skip
     assert "thinking" in json.loads((folder / "tokenizer_config.json").read_text())["response_template"]["fields"]
 
 
@@ -342,7 +346,7 @@ def test_streaming_sends_the_same_reasoning_and_answer(client):
         if chunk.choices:
             reasoning.append(getattr(chunk.choices[0].delta, "reasoning_content", None) or "")
             content.append(chunk.choices[0].delta.content or "")
-    assert "".join(content).strip() == ANSWER
+    assert "".join(content) == ANSWER
     assert "".join(reasoning).strip() == "I draw the graph.\n<|im_start|>causality\nW -> A\nA -> C"
 
 

@@ -22,15 +22,12 @@ def response_template(tokenizer: Any, markers: str, end_token: str) -> dict:
     reasoning field is named `thinking`: transformers serve reads it as reasoning_content, and vLLM's `hf` reasoning
     parser accepts no other name."""
     thinking = "<think>" if markers == "special" else NATIVE_MARKERS["think"]
+    end = decoding.end_of_thinking(markers)  # literals, not a pattern: vLLM finds the end of thinking by token ids
     return {
         "defaults": {"role": "assistant"},
         "start_anchor": generation_prompt(tokenizer),
         "fields": {
-            "thinking": {
-                "open": thinking,
-                "close_pattern": rf"{re.escape(decoding.end_of_thinking(markers))}\s*",
-                "content": "text",
-            },
+            "thinking": {"open": thinking, "close": [f"{end}\n", end], "content": "text"},  # one newline swallowed
             "content": {"close_pattern": rf"\s*{re.escape(end_token)}", "content": "text"},
         },
     }
@@ -44,7 +41,7 @@ def generation_prompt(tokenizer: Any) -> str:
     return opened[len(closed) :] if opened.startswith(closed) else opened[opened.rindex("x") + 1 :].lstrip()
 
 
-TEMPLATE_VERSION = 2  # part of the cache key: a change to response_template() rebuilds the folders
+TEMPLATE_VERSION = 3  # part of the cache key: a change to response_template() rebuilds the folders
 
 
 def local_model(model: DictConfig) -> Path:

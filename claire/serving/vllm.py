@@ -21,12 +21,13 @@ def vllm_executable(command: str) -> str:
 
 
 def vllm_command(folder: Path, cfg: DictConfig) -> list[str]:
-    """`vllm serve` on the served folder with claire.serve's name, address and limits; greedy unless a request asks
-    for a temperature (decode=greedy, whatever the model's generation config says)."""
-    greedy = json.dumps({"temperature": 0.0})
+    """`vllm serve` on the served folder with claire.serve's name, address and limits; a request without its own
+    gets the decode's temperature (greedy: 0, whatever the model's generation config says), top_p and length."""
+    decode = {"temperature": cfg.decode.temperature or 0.0, "max_new_tokens": cfg.decode.max_new_tokens}
+    decode |= {"top_p": cfg.decode.top_p} if cfg.decode.top_p is not None else {}
     command = [vllm_executable(cfg.vllm), "serve", str(folder), "--served-model-name", str(cfg.served_name),
                "--host", str(cfg.host), "--port", str(cfg.port), "--dtype", str(cfg.dtype),
-               "--reasoning-parser", "hf", "--override-generation-config", greedy]  # fmt: skip
+               "--reasoning-parser", "hf", "--override-generation-config", json.dumps(decode)]  # fmt: skip
     if cfg.max_model_len:
         command += ["--max-model-len", str(cfg.max_model_len)]
     if cfg.seed is not None:
