@@ -98,23 +98,33 @@ def votes(folder: Path, counts: list[int], tokenizer: Any) -> dict[str, dict]:
     return found
 
 
+def count(setting: str) -> int:
+    """A setting's number (its cap or vote count; greedy 0), to order a line's points."""
+    return int(setting.split()[-1]) if " " in setting else 0
+
+
 def plot(table: dict, path: Path) -> None:
     """Accuracy against mean tokens generated: one line per model and kind (budgets, votes), 95% bars."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for model, points in table.items():
-        for kind, style in (("budget", "o-"), ("vote", "s--")):
-            names = ["greedy", *sorted((s for s in points if s.startswith(kind)), key=lambda s: int(s.split()[1]))]
+    for (model, points), colour in zip(table.items(), ("tab:blue", "tab:red", "tab:green"), strict=False):
+        for kind, style in (("greedy", "*"), ("budget", "o-"), ("vote", "s--")):
+            names = sorted((s for s in points if s.startswith(kind)), key=count)
             xs = [points[s]["tokens"] for s in names]
             ys = [points[s]["accuracy"] for s in names]
             errors = [[y - points[s]["ci"][0] for s, y in zip(names, ys, strict=True)],
                       [points[s]["ci"][1] - y for s, y in zip(names, ys, strict=True)]]  # fmt: skip
-            ax.errorbar(xs, ys, yerr=errors, fmt=style, capsize=3, label=f"{model}: {kind}")
+            size = 10 if kind == "greedy" else 5
+            label = f"{model}: {kind}"
+            ax.errorbar(xs, ys, yerr=errors, fmt=style, color=colour, capsize=3, markersize=size, label=label)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("mean tokens generated per item (log)")
     ax.set_ylabel("accuracy (95% Wilson interval)")
     ax.legend(fontsize=8)
