@@ -21,9 +21,9 @@ EXPOSE 8000
 ENTRYPOINT ["claire-serve"]
 CMD []
 
-# vLLM's OpenAI server image brings CUDA, torch and vLLM (0.34: its `hf` reasoning parser reads Claire's template). Claire goes into an environment of its own over the image's
-# packages (its newer transformers would break vLLM's pin); claire.serve builds the served folder there and hands it
-# to the image's `vllm serve` (engine=vllm). -e CLAIRE_ENGINE=transformers serves with claire.serve's own server on
+# vLLM's OpenAI server image brings CUDA, torch and vLLM (0.34: its `hf` reasoning parser reads Claire's template).
+# Claire goes into an environment of its own over the image's packages (its newer transformers would break vLLM's
+# pin); claire.serve builds the served folder there and hands it to the image's `vllm serve` (engine=vllm). -e CLAIRE_ENGINE=transformers serves with claire.serve's own server on
 # CUDA instead (per-request thinking budgets).
 FROM vllm/vllm-openai:v0.34.0 AS gpu
 WORKDIR /opt/claire

@@ -51,7 +51,7 @@ def run(cfg: DictConfig) -> None:
     if cfg.engine == "vllm":
         command = vllm_command(served, cfg)
         print(f"claire.serve: {' '.join(command)}", flush=True)
-        os.execv(command[0], command)  # vLLM's server in this process's place, so that signals reach it
+        os.execvp(command[0], command)  # vLLM's server in this process's place (check() found the command)
     app = build_app(served, cfg)
     print(f"claire.serve: model '{cfg.served_name}' at http://{cfg.host}:{cfg.port}/v1 (from {served})", flush=True)
 

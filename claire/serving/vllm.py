@@ -25,7 +25,7 @@ def vllm_command(folder: Path, cfg: DictConfig) -> list[str]:
     gets the decode's temperature (greedy: 0, whatever the model's generation config says), top_p and length."""
     decode = {"temperature": cfg.decode.temperature or 0.0, "max_new_tokens": cfg.decode.max_new_tokens}
     decode |= {"top_p": cfg.decode.top_p} if cfg.decode.top_p is not None else {}
-    command = [vllm_executable(cfg.vllm), "serve", str(folder), "--served-model-name", str(cfg.served_name),
+    command = [str(cfg.vllm), "serve", str(folder), "--served-model-name", str(cfg.served_name),
                "--host", str(cfg.host), "--port", str(cfg.port), "--dtype", str(cfg.dtype),
                "--reasoning-parser", "hf", "--override-generation-config", json.dumps(decode)]  # fmt: skip
     if cfg.max_model_len:
