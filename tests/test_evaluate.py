@@ -466,6 +466,7 @@ def test_end_token_stays_in_stop_sequences_a_user_gives(tmp_path):
     assert harness.with_end_token(["<|eot_id|>"], cfg) == ["<|eot_id|>"]
 
 
+@pytest.mark.skipif(not GSM8K.exists(), reason="needs ../shared/data/gsm8k/train.jsonl")
 def test_claires_own_gsm8k_keeps_one_claire_filter_and_the_name_is_registered(tmp_path):
     from lm_eval.api.registry import get_filter
 
@@ -574,6 +575,7 @@ def test_the_causal_vote_keeps_the_completion_of_the_majority_answer():
     assert CausalVote().apply([samples, ["no answer at all"]], [{}, {}]) == [samples[0], "no answer at all"]
 
 
+@pytest.mark.skipif(not GSM8K.exists(), reason="needs ../shared/data/gsm8k/train.jsonl")
 def test_a_vote_on_a_stock_style_task_votes_before_taking_one(tmp_path):
     cfg = compose_evaluate("tasks=[claire_gsm8k_chat]", "decode=vote", "decode.samples=4", f"output_dir={tmp_path}",
                            f"data.gsm8k_test_file={GSM8K}", f"data.gsm8k_train_file={GSM8K}")  # fmt: skip
